@@ -229,6 +229,8 @@ class VmInfo:
     agent_ready: bool | None = None  # None: unknown (no instance view read)
     encrypted: bool = False
     provisioning_state: str = "Succeeded"
+    data_disk_ids: tuple[str, ...] = ()
+    hyper_v_generation: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -245,6 +247,8 @@ class VmInfo:
             "agent_ready": self.agent_ready,
             "encrypted": self.encrypted,
             "provisioning_state": self.provisioning_state,
+            "data_disk_ids": list(self.data_disk_ids),
+            "hyper_v_generation": self.hyper_v_generation,
         }
 
     @classmethod
@@ -263,4 +267,52 @@ class VmInfo:
             agent_ready=data.get("agent_ready"),
             encrypted=bool(data.get("encrypted", False)),
             provisioning_state=data.get("provisioning_state", "Succeeded"),
+            data_disk_ids=tuple(data.get("data_disk_ids") or ()),
+            hyper_v_generation=data.get("hyper_v_generation"),
         )
+
+
+@dataclass(frozen=True)
+class DiskInfo:
+    """A managed disk as the repair needs it."""
+
+    id: str
+    name: str
+    location: str
+    sku: str | None = None
+    zones: tuple[str, ...] = ()
+    os_type: str | None = None
+    hyper_v_generation: str | None = None
+    size_gb: int | None = None
+    provisioning_state: str = "Succeeded"
+    disk_state: str | None = None  # Attached / Unattached / Reserved
+    managed_by: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+    encrypted: bool = False  # Azure Disk Encryption (guest-side): cannot be repaired offline
+
+
+@dataclass(frozen=True)
+class NicInfo:
+    """A network interface: where a rescue VM can be placed."""
+
+    id: str
+    name: str
+    location: str
+    subnet_id: str | None
+    vm_id: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunCommandState:
+    """A managed Run Command's execution as the instance view reports it."""
+
+    execution_state: str  # Pending / Running / Succeeded / Failed / TimedOut / Canceled / Unknown
+    exit_code: int | None = None
+    output: str = ""
+    error: str = ""
+    provisioning_state: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.execution_state.lower() in ("succeeded", "failed", "timedout", "canceled")

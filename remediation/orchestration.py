@@ -224,6 +224,8 @@ def repair(context: Any) -> Generator[Any, Any, dict[str, Any]]:
             try:
                 yield plan.record("rolling_back", f"step '{failed_step}' failed: {reason}")
                 if swapped:
+                    r = _ok((yield plan.call(steps.DEALLOCATE_VM)), "deallocation for swap back")
+                    yield from plan.wait_ready([r["probe"]], "deallocation", timeouts.get("deallocate", 900))
                     r = yield plan.call(steps.SWAP_OS_DISK, names=names, original=original, to="original")
                     _ok(r, "swap back")
                     yield from plan.wait_ready([r["probe"]], "swap back", timeouts.get("swap", 600))
