@@ -204,12 +204,14 @@ def _check(probe: dict[str, Any], d: Deps) -> tuple[bool, str | None]:
         return state == "succeeded", (f"disk {disk.name} provisioning {disk.provisioning_state}"
                                       if state in ("failed", "canceled") else None)
     if kind == "gone":
-        gone = {
-            "vm": lambda: d.cloud.find_vm(VmRef.parse(probe["id"])),
-            "disk": lambda: d.cloud.get_disk(probe["id"]),
-            "nic": lambda: d.cloud.get_nic(probe["id"]),
-        }[probe["type"]]() is None
-        return gone, None
+        found: object
+        if probe["type"] == "vm":
+            found = d.cloud.find_vm(VmRef.parse(probe["id"]))
+        elif probe["type"] == "disk":
+            found = d.cloud.get_disk(probe["id"])
+        else:
+            found = d.cloud.get_nic(probe["id"])
+        return found is None, None
     if kind == "run_command":
         rc = d.cloud.get_run_command(VmRef.parse(probe["id"]), probe["name"])
         return (rc is not None and rc.finished), None
