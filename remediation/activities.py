@@ -16,9 +16,10 @@ import json
 import logging
 from dataclasses import dataclass
 from importlib import resources
-from typing import Any, Protocol
+from typing import Any
 
 from remediation import detect, steps
+from remediation.incidents import IncidentStore
 from remediation.model import (
     DiskInfo,
     Finding,
@@ -34,19 +35,12 @@ from remediation.ports import RepairCloud
 log = logging.getLogger(__name__)
 
 
-class EventSink(Protocol):
-    """Where steps write the incident timeline (the incident store)."""
-
-    def record_step(self, incident_id: str, event_id: str, event: TimelineEvent, *, state: IncidentState | None,
-                    reason: str | None, result: dict[str, Any] | None) -> dict[str, Any]: ...
-
-
 @dataclass
 class Deps:
     """What the activities need; built once per process from settings (remediation.wiring)."""
 
     cloud: RepairCloud
-    events: EventSink
+    events: IncidentStore
     opt_out_tag: tuple[str, str] | None = None
     rescue_image: str = "Canonical:0001-com-ubuntu-server-jammy:22_04-lts-gen2:latest"
     rescue_vm_size: str = "Standard_D2s_v5"
@@ -392,11 +386,21 @@ def delete_rescue_resources(p: dict[str, Any], d: Deps) -> dict[str, Any]:
 
 def record_event(p: dict[str, Any], d: Deps) -> dict[str, Any]:
     """Write one timeline event (and a state change) to the incident; a repeat with the same id is a no-op."""
-    event = TimelineEvent(at=p["at"], kind=p["kind"], message=p["message"], data=p.get("data") or {})
-    state = IncidentState(p["state"]) if p.get("state") else None
+    event_id = str(p["event_id"])
+    event = TimelineEvent(at=p["at"], kind=p["kind"], message=p["message"],
+                          data={**(p.get("data") or {}), "event_id": event_id})
     log.info("%s: %s", p["kind"], p["message"], extra={"incident_id": p["incident_id"], "vm_id": p["vm_id"]})
-    return d.events.record_step(p["incident_id"], p["event_id"], event, state=state, reason=p.get("reason"),
-                                result=p.get("result"))
+    incident_id = p["incident_id"]
+    state = IncidentState(p["state"]) if p.get("state") else None
+    if any(e.data.get("event_id") == event_id for e in d.events.timeline(incident_id)):
+        return {"ok": True, "state": d.events.get(incident_id).state.value}
+    current = d.events.get(incident_id)
+    if state is None or current.state == state:
+        d.events.append_event(incident_id, event)
+        return {"ok": True, "state": current.state.value}
+    updated = d.events.transition(incident_id, state, expected=None, event=event, reason=p.get("reason"),
+                                  result=p.get("result"))
+    return {"ok": True, "state": updated.state.value}
 
 
 ACTIVITIES = {

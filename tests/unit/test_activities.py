@@ -15,13 +15,25 @@ INCIDENT = "inc-0123456789ab"
 
 
 class Events:
-    def __init__(self) -> None:
-        self.rows: dict[str, TimelineEvent] = {}
+    """Just enough of an incident store for the steps that write the timeline."""
 
-    def record_step(self, incident_id: str, event_id: str, event: TimelineEvent, *, state: IncidentState | None,
-                    reason: str | None, result: dict[str, Any] | None) -> dict[str, Any]:
-        self.rows.setdefault(event_id, event)
-        return {"ok": True}
+    def __init__(self) -> None:
+        self.rows: list[TimelineEvent] = []
+        self.state = IncidentState.DETECTED
+
+    def timeline(self, incident_id: str) -> list[TimelineEvent]:
+        return list(self.rows)
+
+    def get(self, incident_id: str) -> Any:
+        return type("I", (), {"state": self.state})()
+
+    def append_event(self, incident_id: str, event: TimelineEvent) -> None:
+        self.rows.append(event)
+
+    def transition(self, incident_id: str, to: IncidentState, **kw: Any) -> Any:
+        self.state = to
+        self.rows.append(kw["event"])
+        return self.get(incident_id)
 
 
 @pytest.fixture
@@ -194,3 +206,10 @@ def test_resource_names_are_deterministic_and_validated() -> None:
     assert len(steps.resource_names(INCIDENT, vm_id)["copy_disk"]) <= 80
     with pytest.raises(ValueError, match="not an incident id"):
         steps.resource_names("inc-../../x", vm_id)
+
+
+def test_record_event_is_idempotent_by_event_id(deps: Deps, vm: VmRef) -> None:
+    p = payload(vm, event_id="0003", at="2026-01-01T00:00:00+00:00", kind="swapped", message="m", state="repairing")
+    assert run(steps.RECORD_EVENT, p, deps) == {"ok": True, "state": "repairing"}
+    assert run(steps.RECORD_EVENT, p, deps) == {"ok": True, "state": "repairing"}
+    assert [e.kind for e in deps.events.rows] == ["swapped"]
