@@ -38,7 +38,7 @@ class _Plan:
 
         self.ctx = context
         self.payload = payload
-        self.cfg: dict[str, Any] = payload.get("config", {})
+        self.cfg: dict[str, Any] = payload.get("options") or {}
         self.incident_id: str = payload["incident_id"]
         self.vm_id: str = payload["vm_id"]
         self.retry = df.RetryOptions(RETRY_FIRST_INTERVAL_MS, RETRY_ATTEMPTS)
@@ -78,7 +78,7 @@ class _Plan:
 
     def wait_ready(self, probes: list[dict[str, Any]], what: str, timeout_s: float) -> Generator[Any, Any, Any]:
         """Poll `check_ready` through durable timers until every probe is done, one failed, or time is up."""
-        interval = float(self.cfg.get("poll_interval_s", 15))
+        interval = float(self.cfg.get("poll_interval_seconds", 15))
         deadline = self.ctx.current_utc_datetime + timedelta(seconds=timeout_s)
         while True:
             result = yield self.call(steps.CHECK_READY, probes=probes)
@@ -105,7 +105,7 @@ def repair(context: Any) -> Generator[Any, Any, dict[str, Any]]:
     plan = _Plan(context, payload)
     timeouts = plan.cfg.get("timeouts_s", {})
     names = steps.resource_names(plan.incident_id, plan.vm_id)
-    approval = bool(payload.get("approval_required"))
+    approval = bool(plan.cfg.get("approval_required") or payload.get("approval_required"))
     original: dict[str, Any] = {}
     touched = False  # anything created or changed: compensation needed on failure
     swapped = False
@@ -159,7 +159,7 @@ def repair(context: Any) -> Generator[Any, Any, dict[str, Any]]:
             plan.status("awaiting_approval", "waiting for an operator to approve the disk swap")
             yield plan.record("awaiting_approval", "repair of the copy done; waiting for approval to swap",
                               state="awaiting_approval", changes=report.get("changes"))
-            timeout = timedelta(seconds=float(plan.cfg.get("approval_timeout_s", 14400)))
+            timeout = timedelta(minutes=float(plan.cfg.get("approval_timeout_minutes", 240)))
             timer = context.create_timer(context.current_utc_datetime + timeout)
             event = context.wait_for_external_event(APPROVAL_EVENT)
             winner = yield context.task_any([event, timer])
@@ -192,8 +192,8 @@ def repair(context: Any) -> Generator[Any, Any, dict[str, Any]]:
         yield from plan.wait_ready([r["probe"]], "start", timeouts.get("start", 900))
 
         plan.status("verify", "watching the serial console for a clean boot")
-        interval = float(plan.cfg.get("poll_interval_s", 15))
-        deadline = context.current_utc_datetime + timedelta(seconds=float(plan.cfg.get("verify_timeout_s", 900)))
+        interval = float(plan.cfg.get("poll_interval_seconds", 15))
+        deadline = context.current_utc_datetime + timedelta(minutes=float(plan.cfg.get("verify_timeout_minutes", 15)))
         while True:
             v = _ok((yield plan.call(steps.VERIFY_BOOT, since=mark)), "boot verification")
             if v["verdict"] == "booted":
