@@ -151,12 +151,16 @@ async def alert_webhook(req: func.HttpRequest, client: Any) -> func.HttpResponse
 
 
 async def sweep(client: Any, *, past_due: bool = False) -> dict[str, Any]:
-    from remediation import intake
-
     if past_due:
         log.warning("sweep is running late (the timer was past due)")
+    return await run_sweep(DurableStarter(client))
+
+
+async def run_sweep(starter: Any) -> dict[str, Any]:
+    from remediation import intake
+
     outcome = await intake.sweep(settings=settings(), vms=cloud(), heartbeats=heartbeats(), store=store(),
-                                 starter=DurableStarter(client), now=_now())
+                                 starter=starter, now=_now())
     result: dict[str, Any] = outcome.to_dict()
     log.info("sweep: %s", {k: v for k, v in result.items() if not isinstance(v, list)})
     return result
