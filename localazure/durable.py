@@ -380,7 +380,10 @@ class DurableHost:
         return iid
 
     def raise_event(self, instance_id: str, name: str, data: Any = None) -> None:
-        """Deliver an external event to a running instance."""
+        """Deliver an external event (data: a JSON-serialisable value) to a running instance."""
+        self._raise(instance_id, name, str(df_dumps(data)))
+
+    def _raise(self, instance_id: str, name: str, data_json: str | None) -> None:
         rec = self.store.get_instance(instance_id)
         if rec is None:
             raise InstanceNotFoundError(f"No instance with ID {instance_id} found.")
@@ -388,7 +391,7 @@ class DurableHost:
             raise InstanceGoneError(f"Instance with ID {instance_id} is gone: either completed or failed")
         if not name:
             raise DurableHostError("event name must be a non-empty string")
-        self.store.post_message(instance_id, {"kind": "EventRaised", "Name": name, "Input": json.dumps(data)})
+        self.store.post_message(instance_id, {"kind": "EventRaised", "Name": name, "Input": data_json})
         self._mark_dirty(instance_id)
 
     def terminate(self, instance_id: str, reason: str = "") -> None:
@@ -791,6 +794,7 @@ class DurableHost:
             output = json.dumps(state.get("output"))
             events.append(_event(EXECUTION_COMPLETED, now, OrchestrationStatus="Completed", Result=output))
         length = self.store.append_history(rec, events)
+        self._notify("appended", rec.instance_id, {"events": events})
         updated = rec.with_(
             history_length=length, status=status, output=output, updated=ts(now),
             custom_status=json.dumps(custom) if custom is not None else rec.custom_status,
@@ -956,10 +960,10 @@ class DurableHost:
                     return (200 if deleted else 404), {"instancesDeleted": deleted}, {}
             if segs[:1] == ["instances"] and len(segs) == 4 and segs[2] == "raiseEvent" and method == "POST":
                 try:
-                    data = json.loads(body) if body.strip() else None
-                except json.JSONDecodeError:
+                    data_json = self._request_input(body)
+                except DurableHostError:
                     return error(400, "Only application/json request content is supported")
-                self.raise_event(segs[1], segs[3], data)
+                self._raise(segs[1], segs[3], data_json)
                 return 202, None, {}
             if segs[:1] == ["instances"] and len(segs) == 3 and segs[2] == "terminate" and method == "POST":
                 self.terminate(segs[1], query.get("reason", ""))
@@ -977,7 +981,7 @@ class DurableHost:
 
     @staticmethod
     def _request_input(body: bytes) -> str | None:
-        """The orchestration input as JSON text; the SDK posts it as a JSON string holding the JSON."""
+        """A start input or event payload as JSON text; the SDK posts it as a JSON string holding the JSON."""
         if not body.strip():
             return None
         try:

@@ -158,6 +158,13 @@ async def _run_and_close(coro: Any) -> Any:
         http_utils._client_session = None
 
 
+def _resolve_setting(value: str | None) -> str | None:
+    """Binding expressions like "%SCHEDULE%" name an app setting; the host substitutes its value."""
+    if value and len(value) > 2 and value.startswith("%") and value.endswith("%"):
+        return os.environ.get(value[1:-1], value)
+    return value
+
+
 def _load_module(module: str) -> ModuleType:
     """Import the app by module name, or from a .py file path (registered under its file stem)."""
     if module.endswith(".py"):
@@ -250,7 +257,7 @@ class FunctionHost:
             level = getattr(trigger, "auth_level", None)
             auth = str(getattr(level, "value", level)) if level is not None else None
         elif kind == "timer":
-            schedule = getattr(trigger, "schedule", None)
+            schedule = _resolve_setting(getattr(trigger, "schedule", None))
             run_on_startup = bool(getattr(trigger, "run_on_startup", False))
         return FunctionInfo(
             name=name,

@@ -209,3 +209,55 @@ async def http_status(req: func.HttpRequest, client: df.DurableOrchestrationClie
 async def sweep(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
     """A timer that starts one orchestration per run (id derived from the past_due flag)."""
     await client.start_new("chain", f"sweep-{'late' if timer.past_due else 'ontime'}", {"value": "swept"})
+
+
+def _run_host(argv: list[str]) -> int:
+    """Run a DurableHost on the given storage until an instance finishes; optionally SIGKILL itself.
+
+    --kill-at POINT:NAME kills the process when the host reaches POINT for NAME: `scheduled:<activity>`
+    (the episode that schedules it has committed, before the activity is dispatched), `appended:<activity>`
+    (its TaskScheduled rows are written but not yet committed), `completed:<activity>` (its result is in
+    the inbox, not yet replayed).
+    """
+    import argparse
+    import signal
+    import sys
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from localazure.durable import DurableHost, RealClock
+    from localazure.funchost import FunctionHost
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--conn", required=True)
+    parser.add_argument("--hub", required=True)
+    parser.add_argument("--instance", required=True)
+    parser.add_argument("--start", help="orchestrator to start as --instance")
+    parser.add_argument("--kill-at", default="")
+    args = parser.parse_args(argv)
+    point, _, target = args.kill_at.partition(":")
+
+    def observer(where: str, instance_id: str, details: dict[str, Any]) -> None:
+        if not point:
+            return
+        if where == "activity_completed" and point == "completed" and details["name"] == target:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if (where, point) in (("committed", "scheduled"), ("appended", "appended")):
+            names = [e.get("Name") for e in details["events"] if e["EventType"] == 4]
+            if target in names:
+                os.kill(os.getpid(), signal.SIGKILL)
+
+    funchost = FunctionHost(str(Path(__file__).resolve()))
+    host = DurableHost(funchost, args.conn, hub=args.hub, clock=RealClock(), observer=observer)
+    host.start()
+    if args.start:
+        host.start_new(args.start, args.instance)
+    status = host.wait_for(args.instance, timeout=120)
+    host.stop()
+    print(json.dumps(status))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(_run_host(sys.argv[1:]))
