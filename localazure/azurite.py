@@ -52,9 +52,14 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+AZURITE_VERSION = "3.35.0"  # the newest that runs on Node 20
+
+
 def find_binary() -> str:
-    """Azurite's launcher: AZURITE_BIN (set by the Makefile), else PATH."""
-    candidate = os.environ.get("AZURITE_BIN") or shutil.which("azurite")
+    """Azurite's launcher: AZURITE_BIN (set by the Makefile), the Makefile's cache, else PATH."""
+    cache = Path(os.environ.get("CACHE_DIR") or Path.home() / ".cache" / "selinux-remediator")
+    cached = cache / f"azurite-{AZURITE_VERSION}" / "node_modules" / ".bin" / "azurite"
+    candidate = os.environ.get("AZURITE_BIN") or (str(cached) if cached.exists() else shutil.which("azurite"))
     if not candidate or not Path(candidate).exists():
         raise RuntimeError("Azurite is not installed: run `make setup` (it installs Azurite from npm)")
     return candidate

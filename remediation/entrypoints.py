@@ -55,8 +55,12 @@ def heartbeats() -> Any:
                                   ca_bundle=s.ca_bundle)
 
 
-@functools.cache
 def store() -> Any:
+    return _installed.get("store") or _table_store()
+
+
+@functools.cache
+def _table_store() -> Any:
     from remediation.azure import tables
 
     return tables.from_settings(settings())
@@ -79,10 +83,22 @@ def activity_deps() -> Any:
     )
 
 
+_installed: dict[str, Any] = {}
+
+
 def reset() -> None:
-    """Forget cached settings and clients (tests and the demo switch environments)."""
-    for fn in (settings, credential, cloud, heartbeats, store, activity_deps):
+    """Forget cached settings, clients and installed dependencies (the demo and tests switch environments)."""
+    _installed.clear()
+    for fn in (settings, credential, cloud, heartbeats, _table_store, activity_deps):
         fn.cache_clear()
+
+
+def install(*, deps: Any = None, incident_store: Any = None) -> None:
+    """Use these dependencies instead of building them from settings (fakes in the orchestration tests)."""
+    if deps is not None:
+        _installed["deps"] = deps
+    if incident_store is not None:
+        _installed["store"] = incident_store
 
 
 # ------------------------------------------------------------------------------------------ durable
@@ -205,4 +221,4 @@ async def approve_repair(req: func.HttpRequest, client: Any) -> func.HttpRespons
 def run_activity(name: str, payload: dict[str, Any]) -> dict[str, Any]:
     from remediation import activities
 
-    return activities.run(name, payload, activity_deps())
+    return activities.run(name, payload, _installed.get("deps") or activity_deps())
