@@ -54,7 +54,9 @@ class FakeCloud:
     nics: dict[str, NicInfo] = field(default_factory=dict)
     serial: dict[str, bytearray] = field(default_factory=dict)
     run_commands: dict[tuple[str, str], RunCommandState] = field(default_factory=dict)
-    script_output: str = '{"status": "repaired", "changes": [{"key": "SELINUXTYPE", "old": "disabled", "new": "targeted"}]}'
+    script_output: str = (
+        '{"status": "repaired", "changes": [{"key": "SELINUXTYPE", "old": "disabled", "new": "targeted"}]}'
+    )
     boots_heal: bool = True
     deleted: list[str] = field(default_factory=list)
 

@@ -48,9 +48,10 @@ class World:
         kept = {steps.ROLE_ORIGINAL}
         out = []
         for disk in self.cloud.disks.values():
-            if disk.tags.get(steps.TAG_INCIDENT) == incident_id and disk.tags.get(steps.TAG_ROLE) not in kept:
-                if not (disk.tags.get(steps.TAG_ROLE) == steps.ROLE_COPY and disk.managed_by):
-                    out.append(disk.name)
+            role = disk.tags.get(steps.TAG_ROLE)
+            in_use_copy = role == steps.ROLE_COPY and disk.managed_by
+            if disk.tags.get(steps.TAG_INCIDENT) == incident_id and role not in kept and not in_use_copy:
+                out.append(disk.name)
         out += [v.ref.name for v in self.cloud.vms.values() if v.tags.get(steps.TAG_INCIDENT) == incident_id]
         out += [n.name for n in self.cloud.nics.values() if n.tags.get(steps.TAG_INCIDENT) == incident_id]
         return out
