@@ -97,7 +97,7 @@ SIGNATURES: tuple[Signature, ...] = (
          r"(?:Unable to|Cannot|Can't) load SELinux Policy\W+Machine is in enforcing mode",
          "sysvinit / upstart on RHEL and CentOS 5-6, busybox init: '... Machine is in enforcing mode. Halting now.'"),
     _sig("initramfs_selinux_halt", _F,
-         r"SELinux policy load failed and enforcing mode requested",
+         r"(?<!Initial )SELinux policy load failed and enforcing mode requested",
          "Debian / Ubuntu init and initramfs: '... enforcing mode requested, halting now'"),
     _sig("dracut_selinux_halt", _F,
          r"Initial SELinux policy load failed and enforcing mode requested",
@@ -268,7 +268,7 @@ _BANNER_CONFIRM = re.compile(
     r"Booting paravirtualized kernel|DMI: |Machine model:"
 )
 _ARM_BOOT = re.compile(r"Booting Linux on physical CPU")
-_CMDLINE = re.compile(r"(?:^|kernel: )(?:Kernel )?[Cc]ommand line: ")
+_CMDLINE = re.compile(r"(?:^|kernel: )Command line: ")
 _BOOT_END = re.compile(
     r"reboot: (?:Restarting system|Power down|System halted)|^Restarting system\.?$|^Rebooting\.?$"
 )
@@ -279,6 +279,14 @@ class _Phase(enum.Enum):
     FIRMWARE = 1
     KERNEL = 2
     ENDED = 3
+
+
+# Output of an operating system (or of a boot loader that gave up): once seen, the next banner is a new boot.
+_OS_CONTENT = re.compile(
+    r"systemd\[|\[\s*(?:OK|FAILED|DEPEND|TIME)\s*\]|^Welcome to (?!GRUB)|login:|fail|error|panic|freez|halt|"
+    r"emergency|selinux|rescue|no bootable|dracut",
+    re.IGNORECASE,
+)
 
 
 def _kernel_marker(records: Sequence[_Record], i: int, last_ts: float | None) -> str | None:
@@ -299,30 +307,44 @@ def _kernel_marker(records: Sequence[_Record], i: int, last_ts: float | None) ->
 
 
 def _latest_boot_start(records: Sequence[_Record]) -> int | None:
-    """Index of the record where the latest boot starts, or None when no boot start is in the records."""
+    """Index of the record where the latest boot starts, or None when no boot start is in the records.
+
+    Markers of one boot (firmware, boot loader, kernel banner, kernel command line) merge into one start as
+    long as no operating-system output came between them; a marker after such output, a second kernel banner,
+    or a kernel timestamp that falls back to zero starts a new boot.
+    """
     start: int | None = None
     phase = _Phase.NONE
     seen: set[str] = set()
+    os_seen = False
     last_ts: float | None = None
+
+    def begin(i: int, new_phase: _Phase) -> None:
+        nonlocal start, phase, os_seen, last_ts
+        start, phase, os_seen, last_ts = i, new_phase, False, None
+        seen.clear()
+
     for i, rec in enumerate(records):
         if phase is _Phase.ENDED:
-            start, seen, last_ts = i, set(), None
-            phase = _Phase.FIRMWARE
+            begin(i, _Phase.FIRMWARE)
         if _FIRMWARE.search(rec.body):
-            if phase is not _Phase.FIRMWARE:
-                start, seen, last_ts = i, set(), None
-                phase = _Phase.FIRMWARE
+            if phase is not _Phase.FIRMWARE or os_seen:
+                begin(i, _Phase.FIRMWARE)
         else:
             kind = _kernel_marker(records, i, last_ts)
             if kind is not None:
-                if phase is _Phase.NONE or (
-                    phase is _Phase.KERNEL and (kind in seen or kind == "restart")
+                if (
+                    phase is _Phase.NONE
+                    or os_seen
+                    or (phase is _Phase.KERNEL and (kind in seen or kind == "restart"))
                 ):
-                    start, seen = i, set()
+                    begin(i, _Phase.KERNEL)
                 phase = _Phase.KERNEL
                 seen.add(kind)
-            elif rec.ts is not None and phase is _Phase.FIRMWARE:
-                phase = _Phase.KERNEL
+            elif phase is not _Phase.NONE and (
+                (rec.ts is not None and rec.ts >= 1.0) or _OS_CONTENT.search(rec.body)
+            ):
+                os_seen = True
         if rec.ts is not None:
             last_ts = rec.ts
         if _BOOT_END.search(rec.body):
