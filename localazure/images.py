@@ -611,6 +611,21 @@ def file_xattr(disk: Path, path: str, name: str = "security.selinux") -> bytes |
             return None
 
 
+def write_file(disk: Path, path: str, data: bytes) -> None:
+    """Overwrite (or create) a file on the disk's root filesystem in place, keeping its inode and labels."""
+    _check_path(path)
+    loc = root_filesystem(disk)
+    with _mounted(disk, loc.fstype, readonly=False, offset=loc.offset, size=loc.size) as mnt:
+        target = mnt / path.lstrip("/")
+        if not target.parent.is_dir():
+            raise ImageError(f"directory {Path(path).parent} does not exist on {disk.name}")
+        with target.open("r+b" if target.exists() else "wb") as fh:
+            fh.truncate(0)
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
 # ---------------------------------------------------------------- the bootable Debian image
 
 DEBIAN_SUITE = "bookworm"
@@ -618,7 +633,7 @@ DEBIAN_PACKAGES = (
     "systemd-sysv", "udev", "linux-image-cloud-amd64", "initramfs-tools", "selinux-basics",
     "selinux-policy-default", "lvm2", "xfsprogs", "e2fsprogs", "fdisk", "gdisk", "attr",
 )
-IMAGE_RECIPE_VERSION = "1"
+IMAGE_RECIPE_VERSION = "2"
 DEBIAN_IMAGE_MB = 2048
 
 
@@ -771,7 +786,6 @@ StandardOutput=tty
 StandardError=tty
 TTYPath=/dev/ttyS0
 ExecStart=/usr/local/sbin/rescue-job
-ExecStopPost=/bin/systemctl --no-block poweroff
 
 [Install]
 WantedBy=multi-user.target
@@ -779,17 +793,19 @@ WantedBy=multi-user.target
 
 RUNNER_SCRIPT = """\
 #!/bin/sh
-# Runs /job/run.sh from the job disk (/dev/vdc) with the arguments in /job/args (one per line),
-# stores stdout, stderr and the exit code on the same disk, and marks the end on the console.
+# Runs /job/job.sh from the job disk (/dev/vdc), keeps its stdout, stderr and exit code on that
+# disk, marks the end on the console and powers the VM off.
 mkdir -p /job
-mount /dev/vdc /job || { echo "rescue-job: no job disk"; exit 1; }
-set --
-while IFS= read -r arg; do set -- "$@" "$arg"; done < /job/args
-sh /job/run.sh "$@" > /job/stdout 2> /job/stderr
-echo $? > /job/exitcode
-sync
-umount /job
-echo "rescue-job: done"
+if mount /dev/vdc /job; then
+    sh /job/job.sh > /job/stdout 2> /job/stderr
+    echo $? > /job/exitcode
+    sync
+    umount /job
+    echo "rescue-job: done"
+else
+    echo "rescue-job: no job disk"
+fi
+systemctl --no-block poweroff
 """
 
 
