@@ -180,6 +180,7 @@ class _Run:
         self.scope_size = scope_size
         self.reads = asyncio.Semaphore(settings.sweep_concurrency)
         self.start_lock = asyncio.Lock()
+        self.open_lock = asyncio.Lock()
         self.started_here = 0
         self.brake: dict[str, Any] | None = None
 
@@ -236,14 +237,17 @@ class _Run:
                 hint = " (set REMEDIATION_REPAIR_POLICY_MISSING=true to repair this too)"
             return VmOutcome(vm.id, OBSERVED, finding.verdict.value, reason=(finding.reason or "not repaired") + hint)
 
-        incident, created = await self.call(self.store.open, vm, finding, source=self.source, now=self.now)
+        # Opening and counting are one step per delivery, so the first N incidents go ahead and the rest
+        # are braked, in a stable order. Concurrent deliveries can only over-count (brake sooner), never under.
+        async with self.open_lock:
+            incident, created = await self.call(self.store.open, vm, finding, source=self.source, now=self.now)
+            brake = await self.check_brake() if created else None
         if not created:
             return VmOutcome(vm.id, ALREADY_OPEN, finding.verdict.value, incident.id,
                              f"incident {incident.id} is {incident.state.value}")
         extra = {"incident_id": incident.id, "vm_id": vm.id}
         log.info("incident %s opened for %s", incident.id, vm, extra=extra)
 
-        brake = await self.check_brake()
         if brake is not None:
             reason = (f"blast radius: {brake['opened_in_window']} incidents opened in "
                       f"{brake['window_minutes']} minutes ({brake['limit']})")
@@ -265,14 +269,18 @@ class _Run:
             log.warning("could not suppress %s: %s", incident.id, exc, extra={"incident_id": incident.id})
 
     async def check_brake(self) -> dict[str, Any] | None:
-        """The brake's state if it trips now (counting the incident just opened), else None."""
+        """The brake's state if it trips now (counting the incident just opened), else None.
+
+        Once tripped, it stays tripped for the rest of the delivery or sweep.
+        """
         s = self.settings
         window = timedelta(minutes=s.blast_radius_window_minutes)
         opened = await self.call(self.store.count_opened_since, self.now - window)
         limit = None
         if opened > s.blast_radius_max_vms:
             limit = f"more than REMEDIATION_BLAST_RADIUS_MAX_VMS={s.blast_radius_max_vms}"
-        elif self.scope_size and opened * 100.0 > s.blast_radius_max_percent * self.scope_size:
+        elif self.scope_size and opened > max(1, int(s.blast_radius_max_percent * self.scope_size / 100.0)):
+            # The percentage never blocks the first incident: in a small fleet one VM is always a large share.
             limit = (f"more than REMEDIATION_BLAST_RADIUS_MAX_PERCENT={s.blast_radius_max_percent:g}% "
                      f"of {self.scope_size} VMs in scope")
         if limit is None:

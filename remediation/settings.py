@@ -13,7 +13,7 @@ Every setting is an app setting of the Function App (or a `Values` entry of loca
 | REMEDIATION_APPROVAL_TIMEOUT_MINUTES | 240 | How long a repair waits for approval before giving up. |
 | REMEDIATION_REPAIR_POLICY_MISSING | false | Also act on `selinux_policy_missing` (policy absent, freeze not proven). |
 | REMEDIATION_BLAST_RADIUS_MAX_VMS | 5 | More incidents than this opened within the window trips the brake. |
-| REMEDIATION_BLAST_RADIUS_MAX_PERCENT | 10 | ... or more than this % of the VMs in scope (when known). |
+| REMEDIATION_BLAST_RADIUS_MAX_PERCENT | 10 | ... or this % of the VMs in scope (when known; at least 1 VM). |
 | REMEDIATION_BLAST_RADIUS_WINDOW_MINUTES | 60 | The blast radius window. |
 | REMEDIATION_MAX_CONCURRENT_REPAIRS | 3 | Repairs running at once; more are queued for the next sweep. |
 | REMEDIATION_SWEEP_CONCURRENCY | 8 | Serial logs read at once. |
