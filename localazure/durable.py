@@ -543,7 +543,7 @@ class DurableHost:
                         self._mark_dirty(iid)
                 elif instance_id is not None:
                     self._process(instance_id)
-            except (AzureError, StoreError, ConcurrencyError) as exc:
+            except (AzureError, StoreError) as exc:
                 log.warning("durable host storage error, will retry: %s", exc)
                 time.sleep(0.5)
                 with self._cv:
@@ -551,6 +551,10 @@ class DurableHost:
                         self._timers[(iid, execution_id, timer_id)] = fire_at
                     if instance_id is not None:
                         self._dirty[instance_id] = None
+            except Exception as exc:  # one broken instance must not stop the others
+                log.exception("durable host failed to process %s", instance_id)
+                if instance_id is not None:
+                    self._fail_instance(instance_id, f"local durable host error: {exc}")
             finally:
                 with self._cv:
                     self._busy -= 1
@@ -692,8 +696,8 @@ class DurableHost:
             "parentInstanceId": rec.parent_instance_id,
             "upperSchemaVersion": 1,
         }
-        handle = self.funchost.orchestrator_handle(rec.name)
         try:
+            handle = self.funchost.orchestrator_handle(rec.name)
             out = handle(json.dumps(context))
         except Exception as exc:  # noqa: BLE001 - the user's orchestrator failing fails the instance
             text = str(exc)
@@ -823,6 +827,16 @@ class DurableHost:
         for e in [*steps, *scheduled]:
             if e["EventType"] == TASK_SCHEDULED:
                 self._dispatch_activity(rec, e)
+
+    def _fail_instance(self, instance_id: str, message: str) -> None:
+        try:
+            rec = self.store.get_instance(instance_id)
+            if rec is not None and rec.status not in TERMINAL:
+                self.store.update_instance(rec.with_(status="Failed", output=json.dumps(message),
+                                                     updated=ts(self.clock.now())))
+                self._after_finish(rec, "Failed", json.dumps(message))
+        except (AzureError, StoreError) as exc:
+            log.warning("could not mark %s failed: %s", instance_id, exc)
 
     def _after_finish(self, rec: InstanceRecord, status: str, output: str | None) -> None:
         with self._cv:
