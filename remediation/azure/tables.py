@@ -76,6 +76,10 @@ def lock_key(vm: VmRef) -> str:
     return "lock-" + hashlib.sha256(vm.key.encode()).hexdigest()[:40]
 
 
+class _LockHeld(ConflictError):
+    """Another incident holds the VM's lock: retrying cannot help."""
+
+
 class _Sequence:
     """Strictly increasing, time-ordered numbers for timeline keys within this process."""
 
@@ -347,6 +351,8 @@ class TableIncidentStore:
             )
             try:
                 new_etag = self._write_transition(current, updated)
+            except _LockHeld:
+                raise
             except ConflictError:
                 if etag is not None:
                     raise
@@ -381,7 +387,7 @@ class TableIncidentStore:
                 except TableTransactionError as exc:
                     holder = self.find_open(current.vm)
                     if holder is not None and holder.id != current.id:
-                        raise ConflictError(
+                        raise _LockHeld(
                             f"{current.vm} already has open incident {holder.id}; close it first"
                         ) from exc
                     raise
