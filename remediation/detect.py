@@ -78,7 +78,7 @@ class Signature:
 
 
 def _sig(id_: str, verdict: Verdict, pattern: str, source: str, weight: Weight = Weight.STRONG) -> Signature:
-    return Signature(id_, verdict, re.compile(pattern, re.IGNORECASE), source, weight)
+    return Signature(id_, verdict, re.compile(pattern), source, weight)
 
 
 _F = Verdict.SELINUX_POLICY_FAILURE
@@ -90,18 +90,18 @@ _B = Verdict.BOOTED
 SIGNATURES: tuple[Signature, ...] = (
     # -- the policy could not be loaded and init froze or halted ---------------------------------------------
     _sig("systemd_selinux_load_failed", _F,
-         r"(?<!new )(?<!initial )Failed to load SELinux policy(?!\s*modul)(?:\s*$|\s*[.,:;]|\s+(?:freezing|-|\())",
+         r"Failed to load SELinux policy(?!\s*modul)(?:\s*$|\s*[.,:;]|\s+(?:[Ff]reezing|-|\())",
          "systemd PID 1 (selinux-setup.c, main.c), every era: '... policy. Freezing.', '..., freezing.', "
          "'... policy :%m', '[!!!!!!] Failed to load SELinux policy.'"),
     _sig("init_selinux_halt", _F,
          r"(?:Unable to|Cannot|Can't) load SELinux Policy\W+Machine is in enforcing mode",
          "sysvinit / upstart on RHEL and CentOS 5-6, busybox init: '... Machine is in enforcing mode. Halting now.'"),
-    _sig("initramfs_selinux_halt", _F,
-         r"(?<!Initial )SELinux policy load failed and enforcing mode requested",
-         "Debian / Ubuntu init and initramfs: '... enforcing mode requested, halting now'"),
     _sig("dracut_selinux_halt", _F,
          r"Initial SELinux policy load failed and enforcing mode requested",
          "dracut selinux-loadpolicy.sh (RHEL 6 and later initramfs), followed by 'Not continuing'"),
+    _sig("initramfs_selinux_halt", _F,
+         r"SELinux policy load failed and enforcing mode requested",
+         "Debian / Ubuntu init and initramfs: '... enforcing mode requested, halting now'"),
     _sig("load_policy_enforcing_failed", _F,
          r"Can't load policy and enforcing mode requested",
          "load_policy -i (policycoreutils) as run from initramfs and init scripts"),
@@ -122,11 +122,11 @@ SIGNATURES: tuple[Signature, ...] = (
          r"systemd-journald\.service: (?:Main process exited|Failed)",
          "systemd: journald cannot label its files when no policy is loaded", Weight.SUPPORT),
     _sig("getty_failed", _M,
-         r"Failed to start (?:Serial )?Getty|(?:serial-)?getty@\S*\.service: (?:Main process exited|Failed)",
+         r"Failed to start (?:Serial )?Getty|getty@\S*\.service: (?:Main process exited|Failed)",
          "systemd: the serial getty fails when no policy is loaded", Weight.SUPPORT),
     # -- other boot failures: named for the operator, never repaired -----------------------------------------
     _sig("systemd_freeze", _O,
-         r"Freezing execution|[,.]\s*freezing\.?\s*$",
+         r"Freezing execution|[,.]\s*[Ff]reezing\.?\s*$",
          "systemd PID 1 froze for a reason other than SELinux (crash, failed mount of API file systems)"),
     _sig("emergency_mode", _O,
          r"You are in emergency mode|Welcome to emergency mode|Entering emergency mode|"
@@ -196,7 +196,7 @@ _ANSI = re.compile(
 _ORPHAN_SGR = re.compile(r"\[(?:\d{1,3}(?:;\d{1,3})*)?m")  # a colour code whose ESC byte was lost
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]+")
 _KERNEL_TS = re.compile(r"^\[\s*(\d{1,7})\.(\d{1,9})\](?:\[\s*[TC]\d+\])?\s?")
-_SPLICED_TS = re.compile(r"(?<=\S)\[\s*\d{1,7}\.\d{6}\]")
+_SPLICED_TS = re.compile(r"\[\s*\d{1,7}\.\d{6}\]")
 _POLICY_PATH = re.compile(r"(/etc/selinux/([^/\s:]+)/policy/policy(?:\.\d+)?)")
 
 
@@ -259,8 +259,7 @@ def _records(text: str, first_line: int = 1) -> list[_Record]:
 _FIRMWARE = re.compile(
     r"SeaBIOS \(version|Booting from (?:Hard Disk|DVD|CD|Floppy|ROM)|BdsDxe:|iPXE \(|GNU GRUB +version|"
     r"Welcome to GRUB!|^Booting [`'\"]|Booting a command list|UEFI Interactive Shell|"
-    r"Hyper-V UEFI|^Loading Linux \S",
-    re.IGNORECASE,
+    r"Hyper-V UEFI|^Loading Linux \S"
 )
 _BANNER = re.compile(r"(?:^|kernel: )Linux version \d+\.\d+")
 _BANNER_CONFIRM = re.compile(
@@ -283,15 +282,18 @@ class _Phase(enum.Enum):
 
 # Output of an operating system (or of a boot loader that gave up): once seen, the next banner is a new boot.
 _OS_CONTENT = re.compile(
-    r"systemd\[|\[\s*(?:OK|FAILED|DEPEND|TIME)\s*\]|^Welcome to (?!GRUB)|login:|fail|error|panic|freez|halt|"
-    r"emergency|selinux|rescue|no bootable|dracut",
-    re.IGNORECASE,
+    r"systemd\[|\[\s*(?:OK|FAILED|DEPEND|TIME)\s*\]|^Welcome to (?!GRUB)|login:|[Ff]ail|FAIL|[Ee]rror|[Pp]anic|"
+    r"[Ff]reez|[Hh]alt|[Ee]mergency|SELinux|[Rr]escue|[Nn]o bootable|dracut"
 )
 
 
 def _kernel_marker(records: Sequence[_Record], i: int, last_ts: float | None) -> str | None:
     rec = records[i]
     body = rec.body
+    if "Linux" not in body and "Command line: " not in body:
+        if rec.ts is not None and last_ts is not None and rec.ts < 1.0 and last_ts - rec.ts > 1.0:
+            return "restart"
+        return None
     if _BANNER.search(body):
         if rec.ts is not None and rec.ts < 1.0:
             return "banner"
@@ -341,13 +343,15 @@ def _latest_boot_start(records: Sequence[_Record]) -> int | None:
                     begin(i, _Phase.KERNEL)
                 phase = _Phase.KERNEL
                 seen.add(kind)
-            elif phase is not _Phase.NONE and (
-                (rec.ts is not None and rec.ts >= 1.0) or _OS_CONTENT.search(rec.body)
+            elif (
+                phase is not _Phase.NONE
+                and not os_seen
+                and ((rec.ts is not None and rec.ts >= 1.0) or _OS_CONTENT.search(rec.body))
             ):
                 os_seen = True
         if rec.ts is not None:
             last_ts = rec.ts
-        if _BOOT_END.search(rec.body):
+        if ("Restart" in rec.body or "Reboot" in rec.body or "reboot" in rec.body) and _BOOT_END.search(rec.body):
             phase = _Phase.ENDED
     if phase is _Phase.ENDED:
         return len(records)  # the machine is restarting: the latest boot has printed nothing yet

@@ -179,7 +179,6 @@ def test_harmless_selinux_lines_never_ask_for_repair(line: str) -> None:
         "systemd[1]: Failed to load SELinux policy: Permission denied",
         "\x1b[0;1;31m[!!!!!!]\x1b[0m Failed to load SELinux policy.",
         "[!!!!!!] Failed to load SELinux policy.",
-        "FAILED TO LOAD SELINUX POLICY. FREEZING.",
         "Unable to load SELinux Policy. Machine is in enforcing mode. Halting now.",
         "Unable to load SELinux Policy.  Machine is in enforcing mode.  Halting now.",
     ],
