@@ -579,6 +579,8 @@ class DurableHost:
                 if e["EventType"] == TASK_SCHEDULED and ("task", e["EventId"]) not in done:
                     log.info("resuming activity %s (task %s) of %s", e["Name"], e["EventId"], rec.instance_id)
                     self._dispatch_activity(rec, e)
+                elif e["EventType"] == SUB_CREATED and ("task", e["EventId"]) not in done:
+                    self._ensure_child(rec, e)
                 elif (e["EventType"] == TIMER_CREATED and ("timer", e["EventId"]) not in done
                       and e["EventId"] not in cancelled):
                     self._timers[(rec.instance_id, rec.execution_id, e["EventId"])] = parse_ts(e["FireAt"])
@@ -659,11 +661,11 @@ class DurableHost:
             self.store.delete_message(m)
         self._notify("committed", rec.instance_id, {"events": events, "status": "Terminated"})
 
-    def _retry_steps(self, history: list[dict[str, Any]], event: dict[str, Any], now: datetime,
-                     next_id: int) -> list[dict[str, Any]]:
-        """What the Durable retry policy adds when a retried activity fails or its retry timer fires."""
-        by_id = {e["EventId"]: e for e in history if e["EventType"] in (TASK_SCHEDULED, TIMER_CREATED)}
-        if event["EventType"] == TASK_FAILED:
+    def _retry_steps(self, rec: InstanceRecord, history: list[dict[str, Any]], event: dict[str, Any],
+                     now: datetime, next_id: int) -> list[dict[str, Any]]:
+        """What the Durable retry policy adds when a retried task fails or its retry timer fires."""
+        by_id = {e["EventId"]: e for e in history if e["EventType"] in (TASK_SCHEDULED, TIMER_CREATED, SUB_CREATED)}
+        if event["EventType"] in (TASK_FAILED, SUB_FAILED):
             sched = by_id.get(event["TaskScheduledId"])
             if sched is None or "RetryOptions" not in sched:
                 return []
@@ -677,12 +679,18 @@ class DurableHost:
             failed = by_id[timer["RetryOf"]]
             group = failed.get("RetryGroup", failed["EventId"])
             attempts = sum(1 for e in by_id.values()
-                           if e["EventType"] == TASK_SCHEDULED and e.get("RetryGroup") == group)
+                           if e["EventType"] == failed["EventType"] and e.get("RetryGroup") == group)
             if attempts >= int(failed["RetryOptions"].get("maxNumberOfAttempts", 1)):
                 return []  # the SDK now raises the last failure into the orchestrator
-            return [_event(TASK_SCHEDULED, now, next_id, Name=failed["Name"], Input=failed.get("Input"),
-                           RetryOptions=failed["RetryOptions"], RetryGroup=group, ActionPath=failed.get("ActionPath"))]
+            again = {k: v for k, v in failed.items() if k not in ("EventType", "EventId", "Timestamp")}
+            if failed["EventType"] == SUB_CREATED and not failed.get("ExplicitId"):
+                again["InstanceId"] = self._child_id(rec, next_id)
+            return [_event(failed["EventType"], now, next_id, **again)]
         return []
+
+    @staticmethod
+    def _child_id(rec: InstanceRecord, task_id: int) -> str:
+        return f"{rec.instance_id}:{task_id:04d}"
 
     def _run_orchestrator(
         self, rec: InstanceRecord, history: list[dict[str, Any]]
@@ -711,14 +719,14 @@ class DurableHost:
             return {}, f"{type(exc).__name__}: {exc}"
         return json.loads(out), None
 
-    def _schedule(self, actions: list[dict[str, Any]], path: str, now: datetime, next_id: int,
-                  out: list[dict[str, Any]], start: int = 0) -> int:
-        """Turn new actions into TaskScheduled/TimerCreated events with the SDK's task ids."""
+    def _schedule(self, rec: InstanceRecord, actions: list[dict[str, Any]], path: str, now: datetime,
+                  next_id: int, out: list[dict[str, Any]], start: int = 0) -> int:
+        """Turn new actions into TaskScheduled/TimerCreated/SubOrchestrationInstanceCreated events."""
         for i, action in enumerate(actions, start):
             where = f"{path}{i}"
             kind = action.get("actionType")
             if kind in (A_WHEN_ALL, A_WHEN_ANY):
-                next_id = self._schedule(action.get("compoundActions", []), where + ".", now, next_id, out)
+                next_id = self._schedule(rec, action.get("compoundActions", []), where + ".", now, next_id, out)
             elif kind in (A_CALL_ACTIVITY, A_CALL_ACTIVITY_RETRY):
                 fields: dict[str, Any] = {"Name": action["functionName"], "Input": action.get("input"),
                                           "ActionPath": where}
@@ -733,7 +741,18 @@ class DurableHost:
             elif kind in (A_WAIT_EVENT, A_CONTINUE_AS_NEW):
                 continue
             elif kind in (A_CALL_SUB, A_CALL_SUB_RETRY):
-                raise DurableHostError("call_sub_orchestrator is not supported by the local durable host")
+                name = str(action["functionName"])
+                if not self.funchost.has_function(name, "orchestrator"):
+                    raise DurableHostError(f"The function '{name}' doesn't exist or is not an orchestrator function.")
+                explicit = action.get("instanceId")
+                fields = {"Name": name, "Input": action.get("input"), "ActionPath": where,
+                          "InstanceId": validate_instance_id(explicit) if explicit else self._child_id(rec, next_id),
+                          "ExplicitId": bool(explicit)}
+                if kind == A_CALL_SUB_RETRY:
+                    fields["RetryOptions"] = action.get("retryOptions", {})
+                    fields["RetryGroup"] = next_id
+                out.append(_event(SUB_CREATED, now, next_id, **fields))
+                next_id += 1
             else:
                 api = _UNSUPPORTED_ACTIONS.get(int(kind or -1), f"action type {kind}")
                 raise DurableHostError(f"{api} is not supported by the local durable host")
@@ -758,7 +777,7 @@ class DurableHost:
         new_events = [started, *delivery.events]
         steps: list[dict[str, Any]] = []
         for ev in delivery.events:
-            more = self._retry_steps(history + steps, ev, now, next_id)
+            more = self._retry_steps(rec, history + steps, ev, now, next_id)
             next_id += len(more)
             steps.extend(more)
         replay = [{**e, "IsPlayed": True} for e in history] + [{**e, "IsPlayed": False} for e in new_events]
@@ -773,7 +792,7 @@ class DurableHost:
                          f"where the history records {known}")
             else:
                 try:
-                    next_id = self._schedule(actions[known:], "", now, next_id, scheduled, known)
+                    next_id = self._schedule(rec, actions[known:], "", now, next_id, scheduled, known)
                 except DurableHostError as exc:
                     error = str(exc)
                 continue_as_new = next((a for a in actions[known:] if a.get("actionType") == A_CONTINUE_AS_NEW), None)
@@ -827,6 +846,8 @@ class DurableHost:
         for e in [*steps, *scheduled]:
             if e["EventType"] == TASK_SCHEDULED:
                 self._dispatch_activity(rec, e)
+            elif e["EventType"] == SUB_CREATED:
+                self._ensure_child(rec, e)
 
     def _fail_instance(self, instance_id: str, message: str) -> None:
         try:
@@ -843,6 +864,51 @@ class DurableHost:
             for key in [k for k in self._timers if k[0] == rec.instance_id and k[1] == rec.execution_id]:
                 del self._timers[key]
             self._cv.notify_all()
+        if rec.parent_instance_id and rec.parent_task_id is not None and status in TERMINAL:
+            self._report_to_parent(rec, status, output)
+
+    def _report_to_parent(self, child: InstanceRecord, status: str, output: str | None) -> None:
+        """Tell the parent orchestration how its sub-orchestration ended."""
+        assert child.parent_instance_id is not None
+        body: dict[str, Any] = {"ExecutionId": child.parent_execution_id, "TaskScheduledId": child.parent_task_id}
+        if status == "Completed":
+            body.update(kind="SubCompleted", Result=output)
+        else:
+            reason = _decode(output)
+            if status == "Terminated":
+                reason = f"Sub-orchestration '{child.name}' ({child.instance_id}) was terminated: {reason}"
+            body.update(kind="SubFailed", Reason=str(reason), Details="")
+        self.store.post_message(child.parent_instance_id, body)
+        self._mark_dirty(child.parent_instance_id)
+
+    def _ensure_child(self, rec: InstanceRecord, event: dict[str, Any]) -> None:
+        """Create the sub-orchestration an episode scheduled (or report it, if it already ended)."""
+        child_id = str(event["InstanceId"])
+        task_id = int(event["EventId"])
+        child = self.store.get_instance(child_id)
+        ours = (child is not None and child.parent_instance_id == rec.instance_id
+                and child.parent_task_id == task_id and child.parent_execution_id == rec.execution_id)
+        if child is not None and ours:
+            if child.status in TERMINAL:
+                self._report_to_parent(child, child.status, child.output)
+            else:
+                self._mark_dirty(child_id)
+            return
+        now = ts(self.clock.now())
+        try:
+            self.store.create_instance(InstanceRecord(
+                instance_id=child_id, name=str(event["Name"]), status="Pending", execution_id=uuid.uuid4().hex,
+                input=event.get("Input"), output=None, custom_status=None, created=now, updated=now,
+                parent_instance_id=rec.instance_id, parent_task_id=task_id, parent_execution_id=rec.execution_id,
+            ))
+        except (AlreadyExistsError, ConcurrencyError) as exc:
+            self.store.post_message(rec.instance_id, {
+                "kind": "SubFailed", "ExecutionId": rec.execution_id, "TaskScheduledId": task_id,
+                "Reason": f"cannot start sub-orchestration {child_id}: {exc}", "Details": "",
+            })
+            self._mark_dirty(rec.instance_id)
+            return
+        self._mark_dirty(child_id)
 
     # ------------------------------------------------------------------ activities
     def _dispatch_activity(self, rec: InstanceRecord, event: dict[str, Any]) -> None:

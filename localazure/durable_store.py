@@ -96,6 +96,7 @@ class InstanceRecord:
     history_length: int = 0
     parent_instance_id: str | None = None
     parent_task_id: int | None = None
+    parent_execution_id: str | None = None
     etag: str | None = None
 
     def with_(self, **changes: Any) -> InstanceRecord:
@@ -154,6 +155,7 @@ class TaskHubStore:
             history_length=int(entity.get("HistoryLength", 0) or 0),
             parent_instance_id=entity.get("ParentInstanceId") or None,
             parent_task_id=int(parent_task) if parent_task not in (None, "") else None,
+            parent_execution_id=entity.get("ParentExecutionId") or None,
             etag=entity.metadata.get("etag") if hasattr(entity, "metadata") else None,
         )
 
@@ -170,6 +172,7 @@ class TaskHubStore:
             "HistoryLength": rec.history_length,
             "ParentInstanceId": rec.parent_instance_id or "",
             "ParentTaskId": "" if rec.parent_task_id is None else str(rec.parent_task_id),
+            "ParentExecutionId": rec.parent_execution_id or "",
         }
         _pack(entity, rec.input, "In")
         _pack(entity, rec.output, "Out")

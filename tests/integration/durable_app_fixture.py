@@ -170,6 +170,27 @@ def counter(context: df.DurableOrchestrationContext) -> Any:
     return n
 
 
+@app.orchestration_trigger(context_name="context")
+def flaky_orchestrator(context: df.DurableOrchestrationContext) -> Any:
+    """Fails (through the flaky activity, without retries) until flaky's counter allows success."""
+    return (yield context.call_activity("flaky", context.get_input()))
+
+
+@app.orchestration_trigger(context_name="context")
+def parent(context: df.DurableOrchestrationContext) -> Any:
+    """Sub-orchestrations: one with a generated id, one failing with a chosen id, one retried."""
+    data = context.get_input()
+    child = yield context.call_sub_orchestrator("chain", {"value": "child", "numbers": [2]})
+    try:
+        yield context.call_sub_orchestrator("failing", None, f"{context.instance_id}-failing")
+        failed = "no failure"
+    except Exception as exc:  # noqa: BLE001 - the SDK raises a plain Exception for a failed task
+        failed = str(exc)
+    options = df.RetryOptions(first_retry_interval_in_milliseconds=5000, max_number_of_attempts=3)
+    retried = yield context.call_sub_orchestrator_with_retry("flaky_orchestrator", options, data)
+    return {"child": child, "failed": failed, "retried": retried}
+
+
 @app.route(route="orchestrators/{name}/{instance_id}", methods=["POST"])
 @app.durable_client_input(client_name="client")
 async def http_start(req: func.HttpRequest, client: df.DurableOrchestrationClient) -> func.HttpResponse:

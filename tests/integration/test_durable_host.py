@@ -256,6 +256,23 @@ def test_continue_as_new_restarts_with_the_new_input(host: DurableHost, activity
     assert runs(activity_log, "echo") == [0, 1, 2, 3]
 
 
+def test_sub_orchestrations_complete_fail_and_retry(host: DurableHost, activity_log: Path, tmp_path: Path) -> None:
+    host.start_new("parent", "parent-1", {"failures": 1, "counter_file": str(tmp_path / "n")})
+    host.run_until_idle()
+    st = host.status("parent-1")
+    assert st["runtimeStatus"] == "Completed", st["output"]
+    out = st["output"]
+    assert out["child"] == {"first": {"echo": "child"}, "squares": [4], "last": "done"}
+    assert "explode was asked to fail: boom" in out["failed"]
+    assert out["retried"] == "succeeded on attempt 2"
+    assert host.status("parent-1:0000")["runtimeStatus"] == "Completed"
+    assert host.status("parent-1-failing")["runtimeStatus"] == "Failed"
+    attempts = sorted(s["instanceId"] for s in host.list_instances()
+                      if s["name"] == "flaky_orchestrator")
+    assert [host.status(i)["runtimeStatus"] for i in attempts] == ["Failed", "Completed"]
+    assert len(runs(activity_log, "flaky")) == 2
+
+
 def test_history_has_each_task_scheduled_and_completed_exactly_once(host: DurableHost) -> None:
     host.start_new("chain", "hist-1", {"value": "x", "numbers": [5, 6, 7]})
     host.run_until_idle()
