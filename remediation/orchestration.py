@@ -210,7 +210,8 @@ def repair(context: Any) -> Generator[Any, Any, dict[str, Any]]:
         plan.status("cleanup", "removing the rescue VM")
         yield from _cleanup(plan, names, keep_copy=True)
         outcome["state"] = "resolved"
-        yield plan.record("resolved", "healed: " + _describe(report), state="resolved", result=outcome)
+        yield plan.record("resolved", "healed: " + _describe(report), state="resolved",
+                          reason="healed: " + _describe(report), result=outcome)
         plan.status("resolved", "healed")
         return outcome
 
@@ -218,9 +219,9 @@ def repair(context: Any) -> Generator[Any, Any, dict[str, Any]]:
         reason = str(exc) or type(exc).__name__
         outcome["error"] = reason
         failed_step = plan.step
-        plan.status("rollback", f"rolling back after '{failed_step}': {reason}")
         problems: list[str] = []
         if touched:
+            plan.status("rollback", f"rolling back after '{failed_step}': {reason}")
             try:
                 yield plan.record("rolling_back", f"step '{failed_step}' failed: {reason}")
                 if swapped:
