@@ -650,18 +650,16 @@ class _RequestHandler(BaseHTTPRequestHandler):
                 self.close_connection = True
                 self.connection.close()
             return
-        self.send_response(resp.status)
-        hdrs = resp.headers or {}
-        for k, v in hdrs.items():
-            if k.lower() not in ("content-length", "date"):
-                self.send_header(k, v)
-        if "Content-Length" not in hdrs:
-            self.send_header("Content-Length", str(len(resp.body)))
-        else:
-            self.send_header("Content-Length", hdrs["Content-Length"])
-        self.end_headers()
-        if self.command != "HEAD" and resp.body:
-            self.wfile.write(resp.body)
+        hdrs = {k: v for k, v in (resp.headers or {}).items() if k.lower() not in ("content-length", "date")}
+        hdrs["Content-Length"] = (resp.headers or {}).get("Content-Length", str(len(resp.body)))
+        hdrs["Date"] = self.date_time_string()
+        hdrs["Server"] = "localazure"
+        reason = self.responses.get(resp.status, ("",))[0]
+        head = f"{self.protocol_version} {resp.status} {reason}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in hdrs.items())
+        # One write for headers and body: two small TLS records in a row meet delayed ACKs (~40 ms each).
+        payload = head.encode("latin-1") + b"\r\n" + (resp.body if self.command != "HEAD" else b"")
+        self.wfile.write(payload)
+        self.log_request(resp.status)
 
     do_GET = do_PUT = do_PATCH = do_POST = do_DELETE = do_HEAD = _serve
 
