@@ -27,6 +27,9 @@ EVENT_ALREADY_RUNNING = "already_running"
 EVENT_QUEUED = "queued"
 EVENT_SUPPRESSED = "suppressed"
 
+# The reason of an incident held back by the concurrency cap starts with this.
+QUEUED_REASON_PREFIX = "queued:"
+
 # Table Storage keeps string properties up to 64 KiB; keep the JSON columns well under that.
 MAX_JSON_CHARS = 30000
 
@@ -86,9 +89,14 @@ class Incident:
         return self.state.is_open
 
     @property
-    def is_queued(self) -> bool:
-        """Detected, but no repair started yet (e.g. held back by the concurrency cap)."""
+    def awaiting_start(self) -> bool:
+        """Detected, and no repair orchestration started for it yet."""
         return self.state is IncidentState.DETECTED and not self.instance_id
+
+    @property
+    def is_queued(self) -> bool:
+        """Held back by the concurrency cap: the next sweep starts it."""
+        return self.awaiting_start and self.reason.startswith(QUEUED_REASON_PREFIX)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -34,6 +34,7 @@ from remediation.incidents import (
     EVENT_QUEUED,
     EVENT_REPAIR_STARTED,
     EVENT_SUPPRESSED,
+    QUEUED_REASON_PREFIX,
     Incident,
     IncidentStore,
     iso,
@@ -46,6 +47,7 @@ from remediation.model import (
     NotFoundError,
     PowerState,
     RemediationError,
+    SettingsError,
     TimelineEvent,
     Verdict,
     VmInfo,
@@ -72,6 +74,7 @@ OPTED_OUT = "opted_out"
 
 _BOOTING = (PowerState.RUNNING, PowerState.STARTING, PowerState.UNKNOWN)
 _QUEUE_SCAN_LIMIT = 1000
+ORPHAN_AFTER = timedelta(minutes=15)
 
 
 @dataclass(frozen=True)
@@ -142,6 +145,10 @@ class SweepOutcome:
             "brake": self.brake,
             "errors": list(self.errors),
         }
+
+
+def _maybe_linux(info: VmInfo) -> bool:
+    return not info.os_type or info.os_type.strip().lower() == "linux"
 
 
 def actionable(verdict: Verdict, settings: Settings) -> bool:
@@ -304,9 +311,13 @@ class _Run:
         async with self.start_lock:
             running = max(await self.starter.running_repairs(), self.started_here)
             if running >= s.max_concurrent_repairs:
-                reason = (f"queued: {running} repairs running (REMEDIATION_MAX_CONCURRENT_REPAIRS="
+                reason = (f"{QUEUED_REASON_PREFIX} {running} repairs running (REMEDIATION_MAX_CONCURRENT_REPAIRS="
                           f"{s.max_concurrent_repairs}); the next sweep starts it")
-                await self.call(self.store.append_event, incident.id, self.event(EVENT_QUEUED, reason))
+                if not incident.is_queued:
+                    await self.call(
+                        self.store.transition, incident.id, IncidentState.DETECTED,
+                        expected=[IncidentState.DETECTED], event=self.event(EVENT_QUEUED, reason), reason=reason,
+                    )
                 log.info("incident %s queued", incident.id, extra=extra)
                 return VmOutcome(incident.vm.id, QUEUED, verdict, incident.id, reason)
             instance_id = instance_id_for(incident.id)
@@ -335,11 +346,18 @@ class _Run:
         return VmOutcome(incident.vm.id, REPAIR_STARTED, verdict, incident.id, reason)
 
     async def start_queued(self) -> list[VmOutcome]:
-        """Start incidents left DETECTED by the cap, oldest first, while under the cap."""
-        queued = [i for i in await self.call(self.store.list, IncidentState.DETECTED, _QUEUE_SCAN_LIMIT) if i.is_queued]
-        queued.sort(key=lambda i: i.opened_at)
+        """Start incidents left DETECTED by the cap, oldest first, while under the cap.
+
+        An incident whose opener stopped before deciding (a crashed host) is picked up too once it is
+        older than ORPHAN_AFTER; it goes through the brake first, as it would have. Younger undecided
+        incidents belong to a delivery still running: they are left alone.
+        """
+        detected = await self.call(self.store.list, IncidentState.DETECTED, _QUEUE_SCAN_LIMIT)
+        orphan_before = iso(self.now - ORPHAN_AFTER)
+        waiting = [i for i in detected if i.is_queued or (i.awaiting_start and i.opened_at < orphan_before)]
+        waiting.sort(key=lambda i: i.opened_at)
         results: list[VmOutcome] = []
-        for incident in queued:
+        for incident in waiting:
             try:
                 info = await self.call(self.vms.get_vm, incident.vm)
             except NotFoundError:
@@ -357,6 +375,11 @@ class _Run:
             if self.settings.dry_run:
                 await self.suppress(incident, "dry run")
                 results.append(VmOutcome(incident.vm.id, DRY_RUN, None, incident.id, "dry run: recorded, not repaired"))
+                continue
+            if not incident.is_queued and await self.check_brake() is not None:
+                reason = "blast radius: brake tripped while this incident was undecided"
+                await self.suppress(incident, reason)
+                results.append(VmOutcome(incident.vm.id, SUPPRESSED, None, incident.id, reason))
                 continue
             outcome = await self.start(incident)
             results.append(outcome)
@@ -382,7 +405,7 @@ async def handle_alert(
     if parsed.validation_code is not None:
         return AlertOutcome(kind=parsed.kind, validation_code=parsed.validation_code)
     if not settings.subscriptions:
-        raise InvalidInput("REMEDIATION_SUBSCRIPTIONS is empty: the webhook acts on no subscription")
+        raise SettingsError("REMEDIATION_SUBSCRIPTIONS is empty: the webhook acts on no subscription")
     run = _Run(settings=settings, vms=vms, store=store, starter=starter, now=now, source="alert")
     results = await asyncio.gather(*(run.process(vm) for vm in parsed.targets))
     for ignored in parsed.ignored:
@@ -402,7 +425,7 @@ async def sweep(
     """Find candidates cheaply (agent not ready, stale heartbeats), confirm them, open and start repairs."""
     outcome = SweepOutcome()
     if not settings.subscriptions:
-        raise InvalidInput("REMEDIATION_SUBSCRIPTIONS is empty: the sweep has nothing to look at")
+        raise SettingsError("REMEDIATION_SUBSCRIPTIONS is empty: the sweep has nothing to look at")
 
     async def listing(sub: str) -> list[VmInfo]:
         return await asyncio.to_thread(lambda: list(vms.list_vm_statuses(sub)))
@@ -423,7 +446,7 @@ async def sweep(
 
     candidates: dict[str, VmRef] = {
         key: info.ref for key, info in in_scope.items()
-        if info.power_state is PowerState.RUNNING and info.agent_ready is False
+        if info.power_state is PowerState.RUNNING and info.agent_ready is False and _maybe_linux(info)
     }
     if heartbeats is not None and settings.heartbeat_workspace_ids:
         try:

@@ -288,6 +288,27 @@ def test_queued_incident_of_a_vm_that_opted_out_meanwhile_is_suppressed() -> Non
     assert w.starter.started == {}
 
 
+def test_sweep_leaves_an_undecided_incident_alone_but_recovers_an_orphan() -> None:
+    # An incident another delivery has just opened (brake and dry run not yet decided) must not be started
+    # by a concurrent sweep; one left undecided by a crashed host is picked up after ORPHAN_AFTER.
+    w = World()
+    ref = VmRef.parse(w.frozen("a"))
+    from remediation.detect import analyze_bytes
+
+    incident, _ = w.store.open(ref, analyze_bytes(FROZEN_LOG), source="alert", now=NOW)
+    w.sweep(now=NOW + timedelta(minutes=1))
+    assert w.starter.started == {} and w.store.get(incident.id).awaiting_start
+    out = w.sweep(now=NOW + intake.ORPHAN_AFTER + timedelta(minutes=1))
+    assert out.started == 1 and list(w.starter.started) == [instance_id_for(incident.id)]
+
+
+def test_sweep_skips_listed_windows_vms_without_reading_them() -> None:
+    w = World()
+    w.vms.add(make_vm("win", os_type="Windows"), FROZEN_LOG)
+    out = w.sweep()
+    assert (out.vms_seen, out.candidates) == (1, 0) and w.vms.get_calls == 0
+
+
 # ---------------------------------------------------------------------------------------------- duplicates and races
 
 
