@@ -1077,3 +1077,69 @@ class DurableHost:
             except json.JSONDecodeError:
                 pass
         return json.dumps(value)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m localazure.durable`: serve a Functions app's HTTP triggers and run its orchestrations."""
+    import argparse
+    import contextlib
+    import os
+    import signal
+    import tempfile
+    from pathlib import Path
+
+    from localazure import azurite
+    from localazure.funchost import FunctionHostError, read_local_settings
+
+    parser = argparse.ArgumentParser(
+        prog="python -m localazure.durable",
+        description="Run a Functions app locally: HTTP triggers on /api, the Durable HTTP API, orchestrations.",
+    )
+    parser.add_argument("--app", default="function_app", help="module (or .py file) holding the app object")
+    parser.add_argument("--settings", type=Path, help="local.settings.json whose Values become app settings")
+    parser.add_argument("--connection-string", help="Table Storage for the task hub (default: AzureWebJobsStorage, "
+                                                    "else a private Azurite)")
+    parser.add_argument("--hub", default="SelinuxRemediation", help="task hub name")
+    parser.add_argument("--port", type=int, default=7071, help="port of the HTTP triggers (0 picks a free one)")
+    parser.add_argument("--timer-scale", type=float, default=1.0,
+                        help="durable timers wait this fraction of their time")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("azure").setLevel(logging.WARNING)
+
+    emulator = None
+    try:
+        settings = read_local_settings(args.settings) if args.settings else {}
+        conn = (args.connection_string or settings.get("AzureWebJobsStorage")
+                or os.environ.get("AzureWebJobsStorage"))  # noqa: SIM112 - the Functions setting's own name
+        if not conn or conn == "UseDevelopmentStorage=true":
+            emulator = azurite.start(Path(tempfile.mkdtemp(prefix="durable-azurite-")))
+            conn = emulator.connection_string
+        funchost = FunctionHost(args.app, settings={**settings, "AzureWebJobsStorage": conn})
+        host = DurableHost(funchost, conn, hub=args.hub, clock=RealClock(args.timer_scale))
+        rpc = host.start()
+        base = funchost.serve_http(args.port)
+    except (FunctionHostError, DurableHostError, ValueError, RuntimeError, OSError) as exc:
+        sys.stderr.write(f"durable host: {exc}\n")
+        if emulator is not None:
+            emulator.stop()
+        return 2
+    for info in funchost.functions().values():
+        if info.kind == "http":
+            print(f"  {info.name}: {'|'.join(info.methods) or 'ANY'} {base}/api/{info.route}", flush=True)
+    print(f"durable HTTP API: {rpc}  (task hub {args.hub}); Ctrl-C stops", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    with contextlib.suppress(KeyboardInterrupt):
+        stop.wait()
+    funchost.stop_http()
+    host.stop()
+    if emulator is not None:
+        emulator.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    raise SystemExit(main())
