@@ -352,6 +352,8 @@ class _Run:
         older than ORPHAN_AFTER; it goes through the brake first, as it would have. Younger undecided
         incidents belong to a delivery still running: they are left alone.
         """
+        if self.settings.dry_run:
+            return []  # a dry run changes nothing it did not open itself
         detected = await self.call(self.store.list, IncidentState.DETECTED, _QUEUE_SCAN_LIMIT)
         orphan_before = iso(self.now - ORPHAN_AFTER)
         waiting = [i for i in detected if i.is_queued or (i.awaiting_start and i.opened_at < orphan_before)]
@@ -371,10 +373,6 @@ class _Run:
             if why:
                 await self.suppress(incident, why)
                 results.append(VmOutcome(incident.vm.id, OPTED_OUT, None, incident.id, why))
-                continue
-            if self.settings.dry_run:
-                await self.suppress(incident, "dry run")
-                results.append(VmOutcome(incident.vm.id, DRY_RUN, None, incident.id, "dry run: recorded, not repaired"))
                 continue
             if not incident.is_queued and await self.check_brake() is not None:
                 reason = "blast radius: brake tripped while this incident was undecided"

@@ -463,6 +463,16 @@ def test_sweep_in_dry_run_suppresses_and_counts() -> None:
     assert w.starter.started == {}
 
 
+def test_dry_run_sweep_leaves_incidents_it_did_not_open_alone() -> None:
+    w = World(REMEDIATION_MAX_CONCURRENT_REPAIRS="1")
+    w.starter.extra_running = 1
+    queued = only(w.alert(w.frozen("a"))).incident_id or ""
+    w.settings = make_settings(REMEDIATION_DRY_RUN="true")
+    w.starter.extra_running = 0
+    w.sweep()
+    assert w.store.get(queued).is_queued and w.starter.started == {}
+
+
 def test_dry_run_alert_never_touches_azure() -> None:
     summary = intake.dry_run_alert(alert(vm_id("a"), vm_id("a").upper().replace("/SUBSCRIPTIONS/", "/subscriptions/")),
                                    max_bytes=1 << 20)
