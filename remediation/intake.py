@@ -216,8 +216,10 @@ class _Run:
 
         existing = await self.call(self.store.find_open, vm)
         if existing is not None:
-            await self.call(self.store.append_event, existing.id, self.event(
-                EVENT_DUPLICATE, f"another signal from {self.source} while the incident is open", source=self.source))
+            if self.source != "sweep":  # a sweep every few minutes would only add noise to the timeline
+                await self.call(self.store.append_event, existing.id, self.event(
+                    EVENT_DUPLICATE, f"another signal from {self.source} while the incident is open",
+                    source=self.source))
             return VmOutcome(vm.id, ALREADY_OPEN, existing.verdict.value if existing.verdict else None, existing.id,
                              f"incident {existing.id} is {existing.state.value}")
 
