@@ -307,3 +307,50 @@ def test_fuzz_only_invalid_input_is_ever_raised(body: bytes) -> None:
                            alerts.KIND_VALIDATION}
     assert len({t.key for t in parsed.targets}) == len(parsed.targets)
     json.dumps(parsed.to_dict())
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    found = [prefix]
+    if isinstance(node, dict):
+        for key, value in node.items():
+            found += _paths(value, (*prefix, key))
+    elif isinstance(node, list):
+        for index, value in enumerate(node):
+            found += _paths(value, (*prefix, index))
+    return found
+
+
+def _replace(node: Any, path: tuple[Any, ...], value: Any) -> Any:
+    if not path:
+        return value
+    copy = json.loads(json.dumps(node))
+    parent = copy
+    for step in path[:-1]:
+        parent = parent[step]
+    parent[path[-1]] = value
+    return copy
+
+
+_SAMPLES = {p.name: json.loads(p.read_text()) for p in sorted(DATA.glob("*.json"))}
+
+
+@st.composite
+def _mutated_samples(draw: st.DrawFn) -> bytes:
+    doc = _SAMPLES[draw(st.sampled_from(sorted(_SAMPLES)))]
+    for _ in range(draw(st.integers(1, 3))):
+        path = draw(st.sampled_from(_paths(doc)))
+        doc = _replace(doc, path, draw(_json_values))
+    return json.dumps(doc).encode()
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_mutated_samples())
+def test_fuzz_mutated_samples_only_raise_invalid_input(body: bytes) -> None:
+    try:
+        parsed = parse_payload(body, max_bytes=MAX)
+    except InvalidInput as exc:
+        assert str(exc)
+        return
+    for target in parsed.targets:
+        assert target.key.startswith("/subscriptions/")
+    json.dumps(parsed.to_dict())
