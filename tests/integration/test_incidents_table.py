@@ -235,3 +235,24 @@ def test_100_concurrent_alerts_through_intake_open_one_incident(store: TableInci
     assert len(actions) == 100
     assert actions.count(intake.REPAIR_STARTED) == 1
     assert len(store.list()) == 1 and len(starter.started) == 1
+
+
+def test_100_alerts_gathered_on_one_event_loop_open_one_incident(store: TableIncidentStore) -> None:
+    s = Settings(subscriptions=(SUB,))
+    vms = FakeVms()
+    frozen = vms.add(make_vm("frozen"), FROZEN_LOG).ref.id
+    starter = FakeStarter()
+    body = json.dumps([{"id": "e", "eventType": "Microsoft.ResourceNotifications.HealthResources.ResourceAnnotated",
+                        "subject": frozen, "data": {"resourceInfo": {"properties": {"targetResourceId": frozen}}}}]
+                      ).encode()
+
+    async def burst() -> list[intake.AlertOutcome]:
+        return await asyncio.gather(*(
+            intake.handle_alert(body, settings=s, vms=vms, store=store, starter=starter,
+                                now=NOW + timedelta(microseconds=i))
+            for i in range(100)
+        ))
+
+    actions = [o.results[0].action for o in asyncio.run(burst())]
+    assert actions.count(intake.REPAIR_STARTED) == 1 and actions.count(intake.ALREADY_OPEN) == 99
+    assert len(store.list()) == 1 and len(starter.started) == 1
