@@ -263,6 +263,7 @@ class DurableHost:
         self._server: ThreadingHTTPServer | None = None
         self._base = ""
         self._worker_error: BaseException | None = None
+        self._history_cache: dict[str, tuple[str | None, list[dict[str, Any]]]] = {}
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> str:
@@ -595,7 +596,11 @@ class DurableHost:
             for m in msgs:  # results that arrive after the end (e.g. the loser of a task_any) are dropped
                 self.store.delete_message(m)
             return
-        history = self.store.load_history(rec)
+        cached = self._history_cache.get(instance_id)
+        if cached is not None and cached[0] == rec.etag and rec.etag is not None:
+            history = cached[1]
+        else:
+            history = self.store.load_history(rec)
         now = self.clock.now()
         if rec.history_length == 0:
             started = _event(EXECUTION_STARTED, now, Name=rec.name, Input=rec.input, Version="",
@@ -825,7 +830,12 @@ class DurableHost:
         if continue_as_new is not None:
             updated = updated.with_(execution_id=uuid.uuid4().hex, history_length=0,
                                     input=continue_as_new.get("input"))
-        self.store.update_instance(updated)  # the commit point of the episode
+        committed = self.store.update_instance(updated)  # the commit point of the episode
+        if continue_as_new is None and status not in TERMINAL:
+            # The worker is the only writer of history: the next episode can skip re-reading it.
+            self._history_cache[rec.instance_id] = (committed.etag, [*history, *events])
+        else:
+            self._history_cache.pop(rec.instance_id, None)
         self._notify("committed", rec.instance_id, {"events": events, "status": status})
         for m in delivery.consumed:
             self.store.delete_message(m)
