@@ -192,25 +192,31 @@ def _loop(path: Path, *, partscan: bool = False) -> Iterator[str]:
 
 @contextlib.contextmanager
 def _mounted(image: Path, fstype: str, *, readonly: bool, offset: int = 0, size: int = 0) -> Iterator[Path]:
-    """Loop-mount a filesystem image (or a slice of one) on a private temporary directory."""
-    mnt = Path(tempfile.mkdtemp(prefix="img-mnt-"))
-    opts = ["loop"]
+    """Mount a filesystem image (or a slice of one) on a private temporary directory.
+
+    The loop device is set up explicitly: mount's own ``-o loop`` refuses a slice of a file that is
+    attached to another loop device already (as a disk under repair is).
+    """
+    loop = ["losetup", "-f", "--show"] + (["-r"] if readonly else [])
     if offset:
-        opts.append(f"offset={offset}")
+        loop += ["-o", str(offset)]
     if size:
-        opts.append(f"sizelimit={size}")
-    if readonly:
-        opts += ["ro"] + (["norecovery", "nouuid"] if fstype == "xfs" else ["noload"])
-    elif fstype == "xfs":
+        loop += ["--sizelimit", str(size)]
+    dev = _run([*loop, str(image)], what=f"attaching {image.name}").strip()
+    opts = ["ro"] + (["norecovery", "nouuid"] if fstype == "xfs" else ["noload"]) if readonly else []
+    if not readonly and fstype == "xfs":
         opts.append("nouuid")
+    mnt = Path(tempfile.mkdtemp(prefix="img-mnt-"))
     try:
-        _run(["mount", "-t", fstype, "-o", ",".join(opts), str(image), str(mnt)], what=f"mounting {image.name}")
+        _run(["mount", "-t", fstype, *(["-o", ",".join(opts)] if opts else []), dev, str(mnt)],
+             what=f"mounting {image.name}")
         try:
             yield mnt
         finally:
             _run(["umount", str(mnt)], what=f"unmounting {image.name}")
     finally:
         mnt.rmdir()
+        subprocess.run(["losetup", "-d", dev], capture_output=True, check=False)
 
 
 def _make_fs(part: Path, size_mib: int, fstype: str, label: str, tree: Path | None) -> None:
@@ -518,6 +524,8 @@ def filesystems(disk: Path) -> list[FsLocation]:
 
 def root_filesystem(disk: Path) -> FsLocation:
     """The filesystem holding /etc (the root filesystem), cached per disk version."""
+    if not disk.is_file():
+        raise ImageError(f"disk image {disk} does not exist")
     key = str(disk.resolve())
     st = disk.stat()
     stamp = (st.st_ino, st.st_size)

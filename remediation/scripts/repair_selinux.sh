@@ -318,7 +318,7 @@ while read -r dev name; do
         continue
     fi
     MNT=$dir
-    if [ -f "$dir/$CFG_REL" ]; then
+    if [ -f "$dir/$CFG_REL" ] || [ -L "$dir/$CFG_REL" ]; then
         ROOT_DEV=$name
         break
     fi
