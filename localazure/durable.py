@@ -43,6 +43,7 @@ from localazure.durable_store import (
     ConcurrencyError,
     InstanceRecord,
     Message,
+    PayloadTooLargeError,
     StoreError,
     TaskHubStore,
     validate_instance_id,
@@ -544,7 +545,7 @@ class DurableHost:
                         self._mark_dirty(iid)
                 elif instance_id is not None:
                     self._process(instance_id)
-            except (AzureError, StoreError) as exc:
+            except (AzureError, ConcurrencyError) as exc:
                 log.warning("durable host storage error, will retry: %s", exc)
                 time.sleep(0.5)
                 with self._cv:
@@ -944,6 +945,10 @@ class DurableHost:
                 try:
                     self.store.post_message(iid, body)
                     break
+                except PayloadTooLargeError as exc:
+                    body = {"ExecutionId": execution_id, "TaskScheduledId": task_id, "kind": "TaskFailed",
+                            "Reason": f"Activity function '{name}' failed: its result is too large: {exc}",
+                            "Details": ""}
                 except AzureError as exc:
                     log.warning("cannot record the result of activity %s (attempt %d): %s", name, attempt + 1, exc)
                     time.sleep(0.5 * (attempt + 1))

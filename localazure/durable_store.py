@@ -43,6 +43,10 @@ class ConcurrencyError(StoreError):
     """The instance row changed since it was read (ETag mismatch)."""
 
 
+class PayloadTooLargeError(ValueError):
+    """A value does not fit in one table row (about 900 KB of JSON)."""
+
+
 class AlreadyExistsError(StoreError):
     """An instance with this id already exists and is not in a final state."""
 
@@ -67,7 +71,9 @@ def _pack(entity: dict[str, Any], text: str | None, prefix: str) -> None:
         return
     chunks = [text[i : i + _CHUNK] for i in range(0, len(text), _CHUNK)] or [""]
     if len(chunks) > _MAX_CHUNKS:
-        raise StoreError(f"payload of {len(text)} characters is too large for one table row")
+        raise PayloadTooLargeError(
+            f"a payload of {len(text)} characters is too large for the task hub (limit {_CHUNK * _MAX_CHUNKS})"
+        )
     entity[f"{prefix}N"] = len(chunks)
     for i, chunk in enumerate(chunks):
         entity[f"{prefix}{i}"] = chunk

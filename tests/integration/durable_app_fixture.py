@@ -58,6 +58,17 @@ def flaky(payload: dict[str, Any]) -> str:
 
 
 @app.activity_trigger(input_name="payload")
+def huge(payload: int) -> str:
+    return "x" * payload
+
+
+@app.orchestration_trigger(context_name="context")
+def oversized(context: df.DurableOrchestrationContext) -> Any:
+    data = yield context.call_activity("huge", context.get_input())
+    return len(data)
+
+
+@app.activity_trigger(input_name="payload")
 async def async_echo(payload: Any) -> Any:
     _record("async_echo", payload)
     return payload

@@ -215,6 +215,16 @@ def test_activity_exception_fails_the_orchestration_with_its_message(host: Durab
     assert "ValueError" in caught["output"]["caught"]
 
 
+def test_oversized_activity_result_fails_the_orchestration_clearly(host: DurableHost) -> None:
+    host.start_new("oversized", "big-ok", 100_000)
+    host.start_new("oversized", "big-1", 2_000_000)
+    host.run_until_idle()
+    assert host.status("big-ok")["output"] == 100_000
+    st = host.status("big-1")
+    assert st["runtimeStatus"] == "Failed"
+    assert "too large" in st["output"]
+
+
 def test_retry_succeeds_after_failures_and_waits_between_attempts(host: DurableHost, activity_log: Path,
                                                                 tmp_path: Path) -> None:
     payload = {"interval_ms": 30_000, "attempts": 4, "failures": 2, "counter_file": str(tmp_path / "n")}
