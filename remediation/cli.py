@@ -152,7 +152,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         for key, value in result.items():
             if not isinstance(value, list):
                 sys.stdout.write(f"{key}: {value}\n")
-        for vm in result.get("vms", []):
+        for vm in result.get("results", []):
             sys.stdout.write(f"  {vm.get('action', ''):<14} {vm.get('vm_id', '')}  {vm.get('verdict') or ''}  "
                              f"{vm.get('reason') or ''}\n")
     return EXIT_OK
