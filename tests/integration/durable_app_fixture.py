@@ -236,6 +236,20 @@ async def http_status(req: func.HttpRequest, client: df.DurableOrchestrationClie
     }), mimetype="application/json")
 
 
+@app.route(route="hello/{name?}", methods=["GET"])
+def hello(req: func.HttpRequest, context: func.Context) -> func.HttpResponse:
+    """A sync trigger with an optional route parameter and the invocation context."""
+    who = req.route_params.get("name") or req.params.get("name") or "world"
+    return func.HttpResponse(json.dumps({"hello": who, "function": context.function_name,
+                                         "setting": os.environ.get("DURABLE_FIXTURE_GREETING")}),
+                             mimetype="application/json")
+
+
+@app.timer_trigger(schedule="%DURABLE_FIXTURE_SCHEDULE%", arg_name="timer", run_on_startup=False)
+def scheduled(timer: func.TimerRequest) -> None:
+    _record("scheduled", {"past_due": timer.past_due})
+
+
 @app.timer_trigger(schedule="0 */5 * * * *", arg_name="timer", run_on_startup=False)
 @app.durable_client_input(client_name="client")
 async def sweep(timer: func.TimerRequest, client: df.DurableOrchestrationClient) -> None:
