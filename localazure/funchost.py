@@ -81,7 +81,12 @@ def _app_functions(app: Any) -> list[Any]:
         cached = _FUNCTIONS_BY_APP.get(id(app))
         if cached is not None and cached[0] is app:
             return cached[1]
-        functions = list(app.get_functions())
+        if getattr(app, "functions_bindings", None):
+            # Something else indexed this app already (get_functions() refuses a second call):
+            # the builders return the same Function objects again.
+            functions = [fb.build(app.auth_level) for fb in app._function_builders]
+        else:
+            functions = list(app.get_functions())
         _FUNCTIONS_BY_APP[id(app)] = (app, functions)
         return functions
 

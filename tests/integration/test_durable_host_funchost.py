@@ -72,3 +72,24 @@ def test_racing_starts_of_one_instance_id_start_it_once(storage_connection_strin
         assert sorted(codes) == [202] + [409] * 5
         assert host.status("race-1")["runtimeStatus"] == "Running"
         assert [s["instanceId"] for s in host.list_instances()] == ["race-1"]
+
+
+def test_an_app_already_indexed_elsewhere_still_loads() -> None:
+    """DFApp.get_functions() refuses a second call; the host must not depend on being the first caller."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location("durable_app_fixture_copy", APP)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["durable_app_fixture_copy"] = module
+    try:
+        spec.loader.exec_module(module)
+        names = {f.get_function_name() for f in module.app.get_functions()}
+        with pytest.raises(ValueError, match="unique function name"):
+            module.app.get_functions()
+        host = FunctionHost("durable_app_fixture_copy")
+        assert set(host.functions()) == names
+        assert host.call_activity("square", 12) == 144
+    finally:
+        del sys.modules["durable_app_fixture_copy"]
