@@ -18,6 +18,7 @@ from typing import Any
 from localazure import azurite as azurite_mod
 from localazure import testing
 from localazure.durable import DurableHost, RealClock, VirtualClock
+from localazure.faults import FaultPlan
 from localazure.funchost import FunctionHost
 from localazure.identity import IdentityEndpoint
 from remediation import steps
@@ -81,7 +82,7 @@ class LocalWorld:
 
         if self.storage is None:
             self.storage = azurite_mod.start()
-        faults = {"rate": self.faults} if self.faults else None
+        faults = FaultPlan.uniform(self.faults, self.seed) if self.faults else None
         server = testing.build(self.scenario, time_scale=self.time_scale, faults=faults, seed=self.seed,
                                state_dir=self.state_dir, real_boot=self.real_boot or None).start()
         self.azure = testing.LocalAzureHandle(server)
