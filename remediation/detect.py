@@ -184,6 +184,18 @@ SIGNATURES: tuple[Signature, ...] = (
 
 _BY_ID = {s.id: s for s in SIGNATURES}
 
+# Every signature's match contains one of these strings. Lines without any of them (nearly all lines of a
+# boot) skip the table: this gate makes matching several times faster. A test checks it over the corpus.
+_NEEDLES = (
+    "SELinux", "enforcing mode", "Enforcing mode", "Could not", "Can't load policy", "Failed to start", "journald",
+    "getty@", "reezing", "mergency", "maintenance", "root account", "does not exist", "Gave up waiting",
+    "/sysroot", "Switch Root", "initqueue timeout", "Kernel panic", "VFS:", "(initramfs)", "to a shell",
+    "rdsosreport", "built-in shell", "fsck", "Timed out waiting", "Dependency failed", "grub", "error: ",
+    "rescue mode", "load the kernel", "bootable", "Boot failed", " login:", "Cloud-init", "Reached target",
+    "Getty on",
+)
+_GATE = re.compile("|".join(re.escape(n) for n in _NEEDLES))
+
 # ---------------------------------------------------------------------------------------------- cleaning
 
 _ANSI = re.compile(
@@ -210,7 +222,7 @@ def clean_line(line: str) -> str:
     return _CONTROL.sub("", line).strip()
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Record:
     line: int  # 1-based line number in the text analysed
     text: str  # cleaned text
@@ -361,7 +373,7 @@ def _latest_boot_start(records: Sequence[_Record]) -> int | None:
 # ---------------------------------------------------------------------------------------------- judging
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class _Hit:
     index: int
     record: _Record
@@ -371,6 +383,8 @@ class _Hit:
 def _hits(records: Sequence[_Record]) -> list[_Hit]:
     hits: list[_Hit] = []
     for i, rec in enumerate(records):
+        if not _GATE.search(rec.text):
+            continue
         for sig in SIGNATURES:
             text = rec.body if sig.pattern.pattern.startswith("^") else rec.text
             if sig.pattern.search(text):
@@ -512,9 +526,13 @@ def needs_more(text_tail: str | bytes) -> bool:
     return _latest_boot_start(_records(text)) is None
 
 
-def _analyze_sized(buffer: str | bytes, size: int) -> Finding:
-    """Judge an in-memory log, looking at a growing tail of it until the latest boot's start is inside."""
-    window = DEFAULT_TAIL_BYTES
+def _analyze_sized(
+    buffer: str | bytes, size: int, partial_start: bool = False, window: int = DEFAULT_TAIL_BYTES
+) -> Finding:
+    """Judge an in-memory log, looking at a growing tail of it until the latest boot's start is inside.
+
+    `partial_start`: the buffer is itself the end of a longer log, so its first line is probably cut.
+    """
     while True:
         begin = max(0, size - window)
         piece = buffer[begin:]
@@ -525,7 +543,7 @@ def _analyze_sized(buffer: str | bytes, size: int) -> Finding:
             first_line = buffer.count(b"\n", 0, begin) + 1
         else:
             first_line = buffer.count("\n", 0, begin) + 1
-        records = _window_records(text, begin > 0, first_line)
+        records = _window_records(text, begin > 0 or partial_start, first_line)
         start = _latest_boot_start(records)
         if start is not None or begin == 0:
             return _judge(records, start)
@@ -543,10 +561,7 @@ def analyze_bytes(data: bytes, *, tail: bool = False) -> Finding:
     With `tail=True` the bytes are the end of a longer log (a ranged read): the first, probably cut, line
     is ignored.
     """
-    if tail:
-        records = _window_records(_decode(data), True, 1)
-        return _judge(records, _latest_boot_start(records))
-    return _analyze_sized(data, len(data))
+    return _analyze_sized(data, len(data), partial_start=tail)
 
 
 @dataclass(frozen=True)
@@ -604,11 +619,9 @@ def _read_pipe_tail(stream: BinaryIO, cap: int = MAX_TAIL_BYTES) -> TailRead:
     return TailRead(bytes(buf), not dropped, read)
 
 
-def _judge_tail(tail_read: TailRead) -> Finding:
-    if tail_read.at_start:
-        return analyze_bytes(tail_read.data)
-    records = _window_records(_decode(tail_read.data), True, 1)
-    return _judge(records, _latest_boot_start(records))
+def _judge_tail(tail_read: TailRead, window: int = DEFAULT_TAIL_BYTES) -> Finding:
+    data = tail_read.data
+    return _analyze_sized(data, len(data), partial_start=not tail_read.at_start, window=window)
 
 
 def analyze_stream(stream: BinaryIO) -> Finding:
@@ -621,7 +634,9 @@ def analyze_stream(stream: BinaryIO) -> Finding:
     except (AttributeError, ValueError):
         seekable = False
     if seekable:
-        return _judge_tail(read_tail(stream))
+        tail_read = read_tail(stream)
+        # read_tail already looked for the boot start in every smaller window: judge what it kept.
+        return _judge_tail(tail_read, window=max(len(tail_read.data), 1))
     return _judge_tail(_read_pipe_tail(stream))
 
 

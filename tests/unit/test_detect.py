@@ -142,6 +142,22 @@ def test_every_signature_has_an_example() -> None:
         assert sig.source, f"{sig.id} says where its message comes from"
 
 
+def test_needle_gate_never_hides_a_match() -> None:
+    """Lines that skip the signature table (no needle) must never be lines a signature would match."""
+    lines = list(EXAMPLES.values()) + HARMLESS
+    for log in SERIAL.glob("*.log"):
+        lines += log.read_bytes().decode("utf-8", "replace").replace("\r", "\n").split("\n")
+    checked = 0
+    for raw in lines:
+        line = detect.clean_line(raw)
+        body = re.sub(r"^\[\s*\d+\.\d+\]\s*", "", line)
+        for sig in detect.SIGNATURES:
+            if sig.pattern.search(body if sig.pattern.pattern.startswith("^") else line):
+                checked += 1
+                assert detect._GATE.search(line), (sig.id, line)
+    assert checked > 100
+
+
 @pytest.mark.parametrize("sig_id", sorted(EXAMPLES))
 def test_signature_matches_its_example(sig_id: str) -> None:
     sig = detect.signature(sig_id)
@@ -427,7 +443,9 @@ def test_tail_widens_until_the_boot_start(tmp_path: Path) -> None:
 
 def test_tail_stops_at_the_cap(tmp_path: Path) -> None:
     log = tmp_path / "serial.log"
-    log.write_text("".join(f"[{100 + i:12.6f}] systemd[1]: Started unit-{i}.\n" for i in range(300000)))
+    pad = "z" * 80
+    log.write_text("".join(f"[{100 + i:12.6f}] systemd[1]: Started unit-{i} {pad}.\n" for i in range(85000)))
+    assert log.stat().st_size > detect.MAX_TAIL_BYTES
     with open(log, "rb") as fh:
         tail = detect.read_tail(fh, initial=64 * 1024, cap=1024 * 1024)
     assert tail.bytes_read == 1024 * 1024
