@@ -20,11 +20,13 @@ message without one, systemd's lines, and the login prompt of a healthy boot.
 from __future__ import annotations
 
 import enum
+import itertools
 import re
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 POLICY_VERSION = 33
 _POLICY_FILE = re.compile(r"^policy\.(\d+)$")
@@ -313,9 +315,63 @@ def boot_disk(
     return transcript(facts, hostname)
 
 
-def real_boot_runner(directory: Path) -> Callable[..., None]:
-    """A boot runner that boots the OS disk under qemu and streams the genuine serial output.
 
-    Placeholder until wired: raises so that a misconfigured run fails loudly.
+def real_boot_runner(directory: Path, timeout: float = 300.0) -> Callable[[Any, Any, Path], None]:
+    """A boot runner that boots the OS disk under qemu and streams the genuine serial output into the VM's log.
+
+    The disk must be a bootable copy of the Debian SELinux image (scenarios do that with real_boot on). The
+    boot runs in a background thread; the VM shows running meanwhile. qemu is stopped once the console shows
+    a login prompt or the SELinux freeze, when the VM is stopped, or at the timeout.
     """
-    raise NotImplementedError("real boots are not wired yet")
+    from localazure import images, qemu
+
+    reason = qemu.unavailable_reason()
+    if reason:
+        raise RuntimeError(f"real boots are not possible here: {reason}")
+    image = images.debian_image(None, images.Layout())
+    counter = itertools.count(1)
+
+    def run(state: Any, vm: Any, disk: Path) -> None:
+        log_path = directory / "serial" / f"{vm.name}-{next(counter)}.log"
+        seen = [0]
+        vm.booting = True
+
+        def until(text: str) -> bool:
+            if len(text) > seen[0]:
+                with state.lock:
+                    vm.append_serial(text[seen[0]:])
+                seen[0] = len(text)
+            return qemu.login_prompt_seen(text) or qemu.freeze_seen(text) or vm.power != "running"
+
+        def work() -> None:
+            try:
+                result = qemu.boot(disk, image.kernel, image.initrd, cmdline=image.cmdline, timeout=timeout,
+                                   until=until, serial_log=log_path)
+                text, rest = result.serial, result.serial[seen[0]:]
+                if qemu.login_prompt_seen(text):
+                    outcome = Outcome.BOOTED
+                elif qemu.freeze_seen(text):
+                    outcome = Outcome.SELINUX_FREEZE
+                elif "Could not open policy file" in text:
+                    outcome = Outcome.PERMISSIVE_MISSING_POLICY
+                else:
+                    outcome = Outcome.NO_OS
+            except (qemu.QemuError, OSError) as exc:
+                rest, outcome = f"\nThe boot could not run: {exc}\n", Outcome.NO_OS
+            with state.lock:
+                if vm.power == "running":
+                    state.record_boot(vm, rest, outcome)
+
+        threading.Thread(target=work, name=f"qemu-{vm.name}", daemon=True).start()
+
+    return run
+
+
+# Debian's policy is "default": the same breakages, written over the bootable image's config.
+DEBIAN_CONFIGS: dict[str, str] = {
+    "healthy": "SELINUX=enforcing\nSELINUXTYPE=default\n",
+    "selinuxtype_disabled": "SELINUX=enforcing\nSELINUXTYPE=disabled\n",
+    "selinuxtype_typo": "SELINUX=enforcing\nSELINUXTYPE=defualt\n",
+    "policy_package_missing": "SELINUX=enforcing\nSELINUXTYPE=mls\n",
+    "permissive_missing_policy": "SELINUX=permissive\nSELINUXTYPE=disabled\n",
+}

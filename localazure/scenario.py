@@ -157,11 +157,36 @@ def base_image(layout: dict[str, Any], breakage: str, cache: Path | None = None)
     return target
 
 
+def debian_base_image(breakage: str, cache: Path | None = None) -> Path:
+    """A bootable Debian SELinux disk with this breakage written into /etc/selinux/config (cached)."""
+    from localazure import images
+
+    if breakage not in bootmodel.DEBIAN_CONFIGS:
+        raise ScenarioError(f"disk state {breakage!r} is not available with real boots "
+                            f"(available: {sorted(bootmodel.DEBIAN_CONFIGS)})")
+    root = cache or image_cache_dir()
+    target = root / f"v{IMAGE_RECIPE}-debian-{breakage}.img"
+    if target.exists():
+        return target
+    with _locked(root / f"{target.name}.lock"):
+        if target.exists():
+            return target
+        partial = target.with_suffix(".partial")
+        images.copy_disk(images.debian_image(None, images.Layout()).disk, partial)
+        images.write_file(partial, "/etc/selinux/config", bootmodel.DEBIAN_CONFIGS[breakage].encode())
+        partial.rename(target)
+    return target
+
+
 # ---------------------------------------------------------------------------------------------- building state
 
 
-def populate(state: State, data: dict[str, Any], images: bool | None = None, now: float | None = None) -> None:
-    """Create every resource of the scenario in `state` (images: override the scenario's flag)."""
+def populate(state: State, data: dict[str, Any], images: bool | None = None, now: float | None = None,
+             real_boot: bool = False) -> None:
+    """Create every resource of the scenario in `state` (images: override the scenario's flag).
+
+    With real_boot, OS disks are bootable Debian images (the default layout) with the breakage written in.
+    """
     validate(data)
     use_images = data.get("images", True) if images is None else images
     started = time.time() if now is None else now
@@ -170,10 +195,11 @@ def populate(state: State, data: dict[str, Any], images: bool | None = None, now
         sid = sub["id"].lower()
         state.subscriptions[sid] = Subscription(sid, sub.get("name", sid))
         for rg in sub["resource_groups"]:
-            _populate_group(state, sid, rg, bool(use_images), started)
+            _populate_group(state, sid, rg, bool(use_images), started, real_boot)
 
 
-def _populate_group(state: State, sid: str, rg: dict[str, Any], use_images: bool, started: float) -> None:
+def _populate_group(state: State, sid: str, rg: dict[str, Any], use_images: bool, started: float,
+                    real_boot: bool) -> None:
     location = rg["location"].lower()
     group = ResourceGroup(sid, rg["name"], location, dict(rg.get("tags") or {}))
     state.groups[group.id.lower()] = group
@@ -188,11 +214,11 @@ def _populate_group(state: State, sid: str, rg: dict[str, Any], use_images: bool
             first_subnet = first_subnet or subnet
         state.vnets[vid.lower()] = vnet
     for spec in rg.get("vms", []):
-        _populate_vm(state, sid, group, spec, first_subnet, use_images, started)
+        _populate_vm(state, sid, group, spec, first_subnet, use_images, started, real_boot)
 
 
 def _populate_vm(state: State, sid: str, group: ResourceGroup, spec: dict[str, Any], subnet: Subnet | None,
-                 use_images: bool, started: float) -> None:
+                 use_images: bool, started: float, real_boot: bool) -> None:
     name = spec["name"]
     location = group.location
     rid = arm_id(sid, group.name, COMPUTE, "virtualMachines", name)
@@ -224,7 +250,8 @@ def _populate_vm(state: State, sid: str, group: ResourceGroup, spec: dict[str, A
             disk.path = state.data_dir / "disks" / sid / group.name.lower() / f"{disk_name}.img"
             from localazure import images as images_mod
 
-            images_mod.copy_disk(base_image(layout, breakage), disk.path)
+            base = debian_base_image(breakage) if real_boot else base_image(layout, breakage)
+            images_mod.copy_disk(base, disk.path)
         state.disks[did.lower()] = disk
         vm.os_disk_id, vm.os_disk_name = did, disk_name
     if subnet is not None:

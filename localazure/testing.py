@@ -62,12 +62,14 @@ def build(
     from localazure import runcommand
 
     boot_runner = None
-    if real_boot if real_boot is not None else bool(data.get("real_boot", False)):
+    real = real_boot if real_boot is not None else bool(data.get("real_boot", False))
+    if real:
         from localazure import bootmodel
 
         boot_runner = bootmodel.real_boot_runner(directory)
+        images = True
     state = State(LatencyModel(time_scale), directory, script_runner=runcommand.execute, boot_runner=boot_runner)
-    scenario_mod.populate(state, data, images=images)
+    scenario_mod.populate(state, data, images=images, real_boot=real)
     return LocalAzure(state, FaultPlan.from_spec(faults, seed), port=port, cert_dir=directory,
                       page_size=page_size)
 
