@@ -302,6 +302,12 @@ class DurableHost:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+        with self._cv:
+            # Storage is the truth: a later start() rebuilds pending work from it.
+            self._dirty.clear()
+            self._timers.clear()
+            self._running.clear()
+            self._history_cache.clear()
         if self.funchost.durable_client_binding == self.client_binding:
             self.funchost.durable_client_binding = None
             self.funchost.durable_api = None
@@ -604,6 +610,7 @@ class DurableHost:
             history = self.store.load_history(rec)
         now = self.clock.now()
         if rec.history_length == 0:
+            log.info("orchestration %s (%s) started", instance_id, rec.name)
             started = _event(EXECUTION_STARTED, now, Name=rec.name, Input=rec.input, Version="",
                              OrchestrationInstance={"InstanceId": rec.instance_id, "ExecutionId": rec.execution_id},
                              ParentInstance=rec.parent_instance_id)
@@ -841,6 +848,7 @@ class DurableHost:
         for m in delivery.consumed:
             self.store.delete_message(m)
         if status in TERMINAL:
+            log.info("orchestration %s (%s) %s", rec.instance_id, rec.name, status.lower())
             self._after_finish(rec, status, output)
             return
         if continue_as_new is not None:

@@ -157,6 +157,34 @@ def test_wait_for_event_times_out_on_the_durable_timer(host: DurableHost) -> Non
     assert parse_ts(st["lastUpdatedTime"]) - parse_ts(st["createdTime"]) == timedelta(seconds=900)
 
 
+def test_a_new_host_on_the_same_storage_rearms_timers_and_takes_events(
+        funchost: FunctionHost, storage_connection_string: str, activity_log: Path) -> None:
+    hub = f"T{uuid.uuid4().hex[:12]}"
+    clock = VirtualClock()
+    first = DurableHost(funchost, storage_connection_string, hub=hub, clock=clock)
+    first.start()
+    first.start_new("approval", "resume-timer", {"timeout_s": 600})
+    first.start_new("approval", "resume-event", {"timeout_s": 600})
+    first.run_until_idle(advance_clock=False)
+    first.stop()
+
+    second = DurableHost(funchost, storage_connection_string, hub=hub, clock=clock)
+    second.start()
+    try:
+        second.raise_event("resume-event", "approve", "yes")
+        second.run_until_idle()
+        assert second.status("resume-event")["output"]["decision"] == "yes"
+        assert second.status("resume-timer")["output"] == {"decision": "timed out"}
+        # The same object can be started again after a stop.
+        second.stop()
+        second.start()
+        second.start_new("chain", "after-restart", {"value": 2})
+        second.run_until_idle()
+        assert second.status("after-restart")["runtimeStatus"] == "Completed"
+    finally:
+        second.stop()
+
+
 def test_terminate_stops_a_running_instance(host: DurableHost) -> None:
     host.start_new("approval", "ap-term", {"timeout_s": 3600})
     host.run_until_idle(advance_clock=False)
