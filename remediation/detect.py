@@ -207,6 +207,11 @@ _ANSI = re.compile(
 )
 _ORPHAN_SGR = re.compile(r"\[(?:\d{1,3}(?:;\d{1,3})*)?m")  # a colour code whose ESC byte was lost
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f\ufffd]+")
+# A syslog or journal prefix ("Nov 27 10:00:01 host " / "2026-11-27T10:00:01+0000 host "), then "kernel: ".
+_LOG_PREFIX = re.compile(
+    r"(?:[A-Z][a-z]{2} +\d{1,2} \d\d:\d\d:\d\d(?:\.\d+)?"
+    r"|\d{4}-\d\d-\d\d[T ]\d\d:\d\d:\d\d(?:[.,]\d+)?(?:Z|[+-]\d\d:?\d\d)?) [\w.-]+ (?:kernel: )?"
+)
 _KERNEL_TS = re.compile(r"^\[\s*(\d{1,7})\.(\d{1,9})\](?:\[\s*[TC]\d+\])?\s?")
 _SPLICED_TS = re.compile(r"\[\s*\d{1,7}\.\d{6}\]")
 _POLICY_PATH = re.compile(r"(/etc/selinux/([^/\s:]+)/policy/policy(?:\.\d+)?)")
@@ -231,10 +236,15 @@ class _Record:
 
 
 def _make_record(line: int, text: str) -> _Record:
-    m = _KERNEL_TS.match(text)
+    rest = text
+    if text[:1].isdigit() or text[:1].isupper():
+        prefix = _LOG_PREFIX.match(text)
+        if prefix:
+            rest = text[prefix.end() :]
+    m = _KERNEL_TS.match(rest)
     if m:
-        return _Record(line, text, text[m.end() :].lstrip(), float(f"{m[1]}.{m[2]}"))
-    return _Record(line, text, text, None)
+        return _Record(line, text, rest[m.end() :].lstrip(), float(f"{m[1]}.{m[2]}"))
+    return _Record(line, text, rest, None)
 
 
 def _records(text: str, first_line: int = 1) -> list[_Record]:
@@ -254,11 +264,13 @@ def _records(text: str, first_line: int = 1) -> list[_Record]:
     for idx, segments in enumerate(cleaned):
         number = first_line + idx
         for seg in segments:
-            out.append(_make_record(number, seg))
-            m = _SPLICED_TS.search(seg, 1)
+            rec = _make_record(number, seg)
+            out.append(rec)
+            m = _SPLICED_TS.search(rec.body, 1)
             if m is None:
                 continue
-            head, spliced = seg[: m.start()], seg[m.start() :]
+            cut = len(seg) - len(rec.body) + m.start()  # the body is the end of the segment
+            head, spliced = seg[:cut], seg[cut:]
             out.append(_make_record(number, spliced))
             following = cleaned[idx + 1] if idx + 1 < len(cleaned) else []
             if following:

@@ -348,6 +348,21 @@ def test_grub_after_a_dead_end_is_a_new_boot() -> None:
     assert detect.analyze(text(again, dead_end)).verdict is Verdict.OTHER_BOOT_FAILURE
 
 
+@pytest.mark.parametrize(
+    "prefix",
+    ["Nov 27 10:00:01 vm01 ", "2026-11-27T10:00:01.123456+0000 vm01 ", "2026-11-27 10:00:01,123 vm-01.example "],
+)
+def test_syslog_and_journal_prefixes(prefix: str) -> None:
+    """Logs forwarded through syslog or printed by journalctl carry a date and host before each message."""
+    old = boot(FREEZE)
+    new = [BANNER.replace("[", "kernel: [", 1), CMDLINE.replace("[", "kernel: [", 1), "[    2.0] systemd[1]: x"]
+    lines = [prefix + line for line in old + new] + [LOGIN]
+    finding = detect.analyze(text(lines))
+    assert finding.verdict is Verdict.BOOTED
+    assert finding.boot_start_line == len(old) + 1
+    assert detect.analyze(text([prefix + line for line in old])).verdict is Verdict.SELINUX_POLICY_FAILURE
+
+
 def test_needs_more() -> None:
     assert detect.needs_more("[  812.1] systemd[1]: Started Session 3 of user azureuser.\n")
     assert detect.needs_more(b"")
