@@ -332,13 +332,13 @@ class LocalAzure:
             return Response(reply.status, b"", {**headers, "Content-Length": "0"})
         return _json(reply.status, reply.body, headers)
 
-    def _paged(self, req: Request, items: list[Any]) -> Response:
+    def _paged(self, req: Request, items: list[Any], render: Callable[[Any], Any] | None = None) -> Response:
         try:
             skip = int(req.query.get("$skiptoken", "0"))
         except ValueError as exc:
             raise ArmError(400, "InvalidSkipToken", "The $skiptoken is not valid.") from exc
         page = items[skip: skip + self.page_size]
-        body: dict[str, Any] = {"value": page}
+        body: dict[str, Any] = {"value": [render(i) for i in page] if render else page}
         if skip + self.page_size < len(items):
             q = {k: v for k, v in req.query.items() if k != "$skiptoken"}
             q["$skiptoken"] = str(skip + self.page_size)
@@ -396,7 +396,7 @@ class LocalAzure:
         vms = self.state.vms_in(req.g("sub"), rg)
         status_only = req.query.get("statusOnly", "").lower() == "true"
         expand = req.query.get("$expand", "").lower() == "instanceview"
-        return self._paged(req, [v.to_arm(self.state, instance_view=status_only or expand) for v in vms])
+        return self._paged(req, vms, lambda v: v.to_arm(self.state, instance_view=status_only or expand))
 
     def h_vm_get(self, req: Request, fail: bool) -> Response:
         vm = self.state.vm(req.g("sub"), req.g("rg"), req.g("name"))
@@ -461,7 +461,7 @@ class LocalAzure:
 
     def h_disk_list(self, req: Request, fail: bool, kind: str) -> Response:
         rg = req.match.groupdict().get("rg")
-        return self._paged(req, [d.to_arm(self.state) for d in self.state.disks_in(req.g("sub"), rg, kind)])
+        return self._paged(req, self.state.disks_in(req.g("sub"), rg, kind), lambda d: d.to_arm(self.state))
 
     def h_disk_get(self, req: Request, fail: bool, kind: str) -> Response:
         return _json(200, self.state.disk(req.g("sub"), req.g("rg"), req.g("name"), kind).to_arm(self.state))
