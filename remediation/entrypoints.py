@@ -101,6 +101,19 @@ def install(*, deps: Any = None, incident_store: Any = None) -> None:
         _installed["store"] = incident_store
 
 
+class _Lazy:
+    """Builds its target on first use, so a bad or empty payload is answered without any client or I/O."""
+
+    def __init__(self, factory: Any) -> None:
+        self._factory = factory
+        self._target: Any = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._target is None:
+            self._target = self._factory()
+        return getattr(self._target, name)
+
+
 # ------------------------------------------------------------------------------------------ durable
 
 
@@ -153,7 +166,7 @@ async def alert_webhook(req: func.HttpRequest, client: Any) -> func.HttpResponse
         return func.HttpResponse(status_code=200, headers={"WebHook-Allowed-Origin": origin, "Allow": "POST"})
     try:
         s = settings()
-        outcome = await intake.handle_alert(req.get_body(), settings=s, vms=cloud(), store=store(),
+        outcome = await intake.handle_alert(req.get_body(), settings=s, vms=_Lazy(cloud), store=_Lazy(store),
                                             starter=DurableStarter(client), now=_now())
     except SettingsError as exc:
         log.error("configuration error: %s", exc)
