@@ -231,7 +231,7 @@ def clean_line(line: str) -> str:
 class _Record:
     line: int  # 1-based line number in the text analysed
     text: str  # cleaned text
-    body: str  # text without a leading kernel timestamp
+    body: str  # text without a leading syslog/journal prefix and kernel timestamp
     ts: float | None  # the kernel timestamp, when the line has one
 
 
@@ -314,6 +314,8 @@ _OS_CONTENT = re.compile(
 def _kernel_marker(records: Sequence[_Record], i: int, last_ts: float | None) -> str | None:
     rec = records[i]
     body = rec.body
+    if body.startswith("Welcome to ") and "(Initramfs)" in body:
+        return "initrd"  # systemd in a dracut initramfs: once per boot, even with a quiet kernel
     if "Linux" not in body and "Command line: " not in body:
         if rec.ts is not None and last_ts is not None and rec.ts < 1.0 and last_ts - rec.ts > 1.0:
             return "restart"
@@ -359,11 +361,15 @@ def _latest_boot_start(records: Sequence[_Record]) -> int | None:
         else:
             kind = _kernel_marker(records, i, last_ts)
             if kind is not None:
-                if (
-                    phase is _Phase.NONE
-                    or os_seen
-                    or (phase is _Phase.KERNEL and (kind in seen or kind == "restart"))
-                ):
+                if kind == "initrd":  # comes after kernel output of the same boot: only a repeat is new
+                    new = phase is _Phase.NONE or kind in seen or (phase is _Phase.FIRMWARE and os_seen)
+                else:
+                    new = (
+                        phase is _Phase.NONE
+                        or os_seen
+                        or (phase is _Phase.KERNEL and (kind in seen or kind == "restart"))
+                    )
+                if new:
                     begin(i, _Phase.KERNEL)
                 phase = _Phase.KERNEL
                 seen.add(kind)
@@ -532,7 +538,14 @@ def needs_more(text_tail: str | bytes) -> bool:
 
     A caller that holds only the last bytes of a log (a ranged read of a blob) uses this to decide whether
     to read a larger tail before trusting the verdict: without the boot start, the tail may be the end of a
-    boot whose decisive lines are further back, or it may still contain an older boot.
+    boot whose decisive lines are further back. The ranged-read loop is the one `read_tail` runs on files:
+
+        size = DEFAULT_TAIL_BYTES
+        data = read_last(size)
+        while needs_more(data) and size < MAX_TAIL_BYTES and size < blob_size:
+            size *= 2
+            data = read_last(size)
+        finding = analyze_bytes(data, tail=size < blob_size)
     """
     text = _decode(text_tail) if isinstance(text_tail, bytes) else text_tail
     return _latest_boot_start(_records(text)) is None

@@ -334,6 +334,16 @@ def test_banner_printed_by_a_user_is_not_a_boot() -> None:
     assert finding.boot_start_line == 1
 
 
+def test_initramfs_banner_is_part_of_the_kernel_boot_and_separates_quiet_boots() -> None:
+    initrd = "Welcome to Fedora Linux 39 (Cloud Edition) dracut-059-15.fc39 (Initramfs)!"
+    finding = detect.analyze(text(boot(initrd, FREEZE)))
+    assert finding.boot_start_line == 1
+    assert finding.verdict is Verdict.SELINUX_POLICY_FAILURE
+    quiet = detect.analyze(text([initrd, "[!!!!!!] Failed to load SELinux policy."], [initrd, LOGIN]))
+    assert quiet.verdict is Verdict.BOOTED
+    assert quiet.boot_start_line == 3
+
+
 def test_restart_line_ends_a_boot_even_without_banners() -> None:
     """With a quiet kernel and no firmware output, 'reboot: Restarting system' still separates boots."""
     old = ["systemd[1]: Failed to load SELinux policy.", "reboot: Restarting system"]
