@@ -507,7 +507,7 @@ def _judge(records: Sequence[_Record], start: int | None) -> Finding:
         )
     if not boot:
         reason = "the log is empty" if not records else "the machine is restarting; the new boot printed nothing yet"
-    elif all(_FIRMWARE.search(r.body) or r.ts is None for r in boot) and not any(r.ts is not None for r in boot):
+    elif not any(r.ts is not None or _BANNER.search(r.body) or _OS_CONTENT.search(r.body) for r in boot):
         reason = "the latest boot shows only firmware or boot-loader output"
     else:
         reason = "the latest boot has not failed or finished yet (the log ends mid-boot)"

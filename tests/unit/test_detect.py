@@ -418,6 +418,18 @@ def test_spliced_kernel_message_is_joined_back() -> None:
     assert finding.evidence[0].line == 5
 
 
+def test_inconclusive_reasons() -> None:
+    assert detect.analyze("").reason == "the log is empty"
+    firmware = detect.analyze("SeaBIOS (version 1.16.2)\nBooting from Hard Disk...\n")
+    assert "only firmware" in firmware.reason
+    assert firmware.boot_start_line == 1
+    mid = detect.analyze(text(boot("[    1.500000] virtio_blk virtio2: [vda] 4194304 512-byte logical blocks")))
+    assert "mid-boot" in mid.reason
+    restarting = detect.analyze(text(boot(LOGIN, "[  900.000000] reboot: Restarting system")))
+    assert restarting.verdict is Verdict.INCONCLUSIVE
+    assert "restarting" in restarting.reason
+
+
 def test_garbage_is_inconclusive() -> None:
     assert detect.analyze_bytes(os.urandom(4096) + b"\n" + bytes(range(256))).verdict is Verdict.INCONCLUSIVE
 
