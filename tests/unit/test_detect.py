@@ -6,6 +6,7 @@ import io
 import json
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -492,20 +493,40 @@ def test_tail_stops_at_the_cap(tmp_path: Path) -> None:
 def test_non_seekable_stream_keeps_a_bounded_tail(tmp_path: Path) -> None:
     log = tmp_path / "serial.log"
     _big_log(log, 12, boot(LOGIN))
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # child: feed the pipe
-        os.close(read_fd)
-        with open(log, "rb") as src, os.fdopen(write_fd, "wb") as dst:
-            while chunk := src.read(1 << 20):
-                dst.write(chunk)
-        os._exit(0)
-    os.close(write_fd)
-    with os.fdopen(read_fd, "rb") as stream:
-        assert not stream.seekable()
-        finding = detect.analyze_stream(stream)
-    os.waitpid(pid, 0)
+    with subprocess.Popen(["cat", str(log)], stdout=subprocess.PIPE) as feeder:
+        assert feeder.stdout is not None
+        assert not feeder.stdout.seekable()
+        finding = detect.analyze_stream(feeder.stdout)
+    assert feeder.returncode == 0
     assert finding.verdict is Verdict.BOOTED
+    assert finding.evidence[0].text == LOGIN.strip()
+
+
+class _Pipe(io.RawIOBase):
+    """A non-seekable byte source, like a pipe, that hands out `data` in small reads."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = memoryview(data)
+        self._pos = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: bytearray) -> int:  # type: ignore[override]
+        n = min(len(buffer), len(self._data) - self._pos, 65536)
+        buffer[:n] = self._data[self._pos : self._pos + n]
+        self._pos += n
+        return n
+
+
+def test_pipe_tail_is_bounded_by_the_cap() -> None:
+    data = text(boot(FREEZE)).encode() * 20000 + text(boot(LOGIN)).encode()
+    tail = detect._read_pipe_tail(io.BufferedReader(_Pipe(data)), cap=1024 * 1024)
+    assert len(data) > 5 * 1024 * 1024
+    assert tail.bytes_read == len(data)
+    assert tail.data == data[-1024 * 1024 :]
+    assert not tail.at_start
+    assert detect.analyze_stream(io.BufferedReader(_Pipe(data))).verdict is Verdict.BOOTED
 
 
 def test_analyze_reports_line_numbers_of_the_whole_text() -> None:
