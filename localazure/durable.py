@@ -12,9 +12,10 @@ The Durable extension normally lives inside the Functions host. Here `DurableHos
   event is recorded twice.
 
 Task ids follow the SDK's own numbering: every activity, timer and retry step takes the next integer
-in the order the orchestrator yields them, external events are matched by name. Events are delivered
-one per episode, so the ids the SDK assigns while it replays (a retried activity consumes a timer per
-failure, then a new attempt) are always the next free ones, exactly as this host assigns them.
+in the order the orchestrator yields them, external events are matched by name. An event that makes
+the SDK take an id while it replays (a retried task's failure takes a timer, the retry timer a new
+attempt) is delivered alone in its episode, so that id is the next free one, as this host assigns it;
+other results are delivered together.
 """
 
 from __future__ import annotations
@@ -71,6 +72,7 @@ A_CONTINUE_AS_NEW, A_CREATE_TIMER, A_WAIT_EVENT = 4, 5, 6
 A_WHEN_ANY, A_WHEN_ALL = 11, 12
 _UNSUPPORTED_ACTIONS = {7: "call_entity", 8: "call_http", 9: "signal_entity"}
 
+_MAX_BATCH = 50  # messages applied in one episode
 _OUT_OF_PROC_LABEL = "\n\n$OutOfProcData$:"
 _TS_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
 _STATUS_CODES = {"Completed": 200, "Failed": 400, "Terminated": 400, "Canceled": 400}
@@ -639,10 +641,35 @@ class DurableHost:
             reason = str(terminate.body.get("Reason", ""))
             self._terminate(rec, now, reason, [m for m in live if m.body.get("kind") == "Terminate"])
             return
-        msg = live[0]
-        self._episode(rec, history, _Delivery([self._message_event(msg, now)], [msg]))
-        if len(live) > 1:
+        batch = self._next_batch(live, scheduled)
+        self._episode(rec, history, _Delivery([self._message_event(m, now) for m in batch], batch))
+        if len(live) > len(batch):
             self._mark_dirty(instance_id)
+
+    @staticmethod
+    def _next_batch(live: list[Message], scheduled: dict[int, dict[str, Any]]) -> list[Message]:
+        """The messages one episode applies: a retry step alone, otherwise every result up to the next one.
+
+        Replaying a retried task's failure (or its retry timer) makes the SDK take the next task id
+        itself; with that event alone in its episode, the id is the next free one, as the host assumes.
+        """
+        def retry_step(m: Message) -> bool:
+            key = _applied_key(m.body)
+            event = scheduled.get(key[1]) if key[0] in ("task", "timer") else None
+            if event is None:
+                return False
+            if m.body.get("kind") == "TimerFired":
+                return "RetryOf" in event
+            return m.body.get("kind") in ("TaskFailed", "SubFailed") and "RetryOptions" in event
+
+        if retry_step(live[0]):
+            return live[:1]
+        batch: list[Message] = []
+        for m in live[:_MAX_BATCH]:
+            if retry_step(m):
+                break
+            batch.append(m)
+        return batch
 
     @staticmethod
     def _message_event(msg: Message, now: datetime) -> dict[str, Any]:

@@ -49,6 +49,7 @@ def explode(payload: str) -> None:
 def flaky(payload: dict[str, Any]) -> str:
     """Fails until it has been called `failures` times for this key, then succeeds."""
     _record("flaky", payload)
+    time.sleep(payload.get("delay_s", 0))
     counter = Path(payload["counter_file"])
     count = int(counter.read_text()) if counter.exists() else 0
     counter.write_text(str(count + 1))
@@ -126,6 +127,33 @@ def retrying(context: df.DurableOrchestrationContext) -> Any:
         return {"gave_up": str(exc)}
     after = yield context.call_activity("echo", "after-retry")
     return {"result": result, "after": after}
+
+
+@app.orchestration_trigger(context_name="context")
+def retry_fan_out(context: df.DurableOrchestrationContext) -> Any:
+    """Retried and plain activities in one task_all: retry steps interleave with other results."""
+    data = context.get_input()
+    options = df.RetryOptions(first_retry_interval_in_milliseconds=1000, max_number_of_attempts=4)
+    retried = [context.call_activity_with_retry("flaky", options, {"failures": i % 3,
+                                                                  "counter_file": f"{data['dir']}/c{i}"})
+               for i in range(data["n"])]
+    plain = [context.call_activity("square", i) for i in range(data["n"])]
+    results = yield context.task_all(retried + plain)
+    last = yield context.call_activity("echo", "end")
+    return {"results": results, "last": last}
+
+
+@app.orchestration_trigger(context_name="context")
+def race_retry(context: df.DurableOrchestrationContext) -> Any:
+    """A retried task still in flight while the orchestrator moves on and schedules more work."""
+    data = context.get_input()
+    options = df.RetryOptions(first_retry_interval_in_milliseconds=1000, max_number_of_attempts=3)
+    retried = context.call_activity_with_retry("flaky", options, data)
+    quick = context.call_activity("async_echo", "quick")
+    first = yield context.task_any([retried, quick])
+    after = yield context.call_activity("square", 7)
+    retried_result = yield retried
+    return {"first": first.result, "after": after, "retried": retried_result}
 
 
 @app.orchestration_trigger(context_name="context")

@@ -266,6 +266,41 @@ def test_retry_succeeds_after_failures_and_waits_between_attempts(host: DurableH
     assert parse_ts(st["lastUpdatedTime"]) - parse_ts(st["createdTime"]) == timedelta(seconds=60)
 
 
+def test_retries_interleaved_with_parallel_results_keep_task_ids_in_step(host: DurableHost, tmp_path: Path,
+                                                                         activity_log: Path) -> None:
+    n = 6
+    host.start_new("retry_fan_out", "rfo-1", {"n": n, "dir": str(tmp_path)})
+    host.run_until_idle()
+    st = host.status("rfo-1", show_history=True)
+    assert st["runtimeStatus"] == "Completed", st["output"]
+    expected = [f"succeeded on attempt {i % 3 + 1}" for i in range(n)] + [i * i for i in range(n)]
+    assert st["output"] == {"results": expected, "last": {"echo": "end"}}
+    assert len(runs(activity_log, "flaky")) == sum(i % 3 + 1 for i in range(n))
+    history = st["history"]
+    scheduled = [e["EventId"] for e in history if e["EventType"] in ("TaskScheduled", "TimerCreated")]
+    assert scheduled == list(range(len(scheduled)))  # ids dense and in order, none reused
+
+
+def test_retry_failure_arriving_with_another_result_is_replayed_in_order(
+        funchost: FunctionHost, storage_connection_string: str, tmp_path: Path, activity_log: Path) -> None:
+    """A retried task's failure that arrives together with a result which lets the orchestrator schedule
+    new work: the new work must take the next task id before the retry timer does, as in the SDK."""
+    import time as _time
+
+    def hold_quick_result(point: str, instance_id: str, details: dict[str, Any]) -> None:
+        if point == "activity_completed" and details["name"] == "async_echo":
+            _time.sleep(0.6)  # the failure of flaky lands in the inbox before the host sees this result
+
+    hub = f"T{uuid.uuid4().hex[:12]}"
+    with DurableHost(funchost, storage_connection_string, hub=hub, clock=VirtualClock(),
+                     observer=hold_quick_result) as h:
+        h.start_new("race_retry", "race-1", {"failures": 1, "delay_s": 0.2, "counter_file": str(tmp_path / "n")})
+        h.run_until_idle()
+        st = h.status("race-1")
+    assert st["runtimeStatus"] == "Completed", st["output"]
+    assert st["output"] == {"first": "quick", "after": 49, "retried": "succeeded on attempt 2"}
+
+
 def test_retry_gives_up_after_the_last_attempt(host: DurableHost, activity_log: Path, tmp_path: Path) -> None:
     payload = {"interval_ms": 1000, "attempts": 2, "failures": 5, "counter_file": str(tmp_path / "n")}
     host.start_new("retrying", "retry-fail", payload)
