@@ -18,6 +18,23 @@ How a log is judged:
 4. The latest boot is matched against `SIGNATURES` (a data table) and the hits are weighed in order:
    a frozen or halted boot after a policy-load failure beats everything printed after it; a boot counts
    as booted only when its boot signal comes after the last failure signal.
+
+Verdicts, in order of precedence:
+
+- selinux_policy_failure: init (systemd of any era, sysvinit/upstart, nash, busybox) or the initramfs
+  (dracut, initramfs-tools) could not load the policy in enforcing mode and froze or halted; also a
+  missing policy file followed by a systemd freeze whose own message was lost.
+- selinux_policy_missing: the kernel runs SELinux without a policy and the boot goes on broken (systemd
+  cannot open its labeling handle, or the policy file is missing and journald / the serial getty fail),
+  with no login prompt after it. A missing policy file alone decides nothing: kernels that do not run
+  SELinux print it too, and SELinux messages after a login prompt come from an administrator's tools.
+- other_boot_failure: emergency mode, root device not found, kernel panic, GRUB rescue ... named by the
+  signature id so an operator sees it; never repaired.
+- booted: a login prompt, cloud-init finished, or systemd's default target, after the last failure.
+- inconclusive: empty, firmware only, still booting, or restarting.
+
+Line numbers in evidence count from 1 in the text analysed: the whole text for `analyze` and
+`analyze_bytes`, the tail that was read for `analyze_path` and `analyze_stream`.
 """
 
 from __future__ import annotations
