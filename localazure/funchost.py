@@ -21,7 +21,7 @@ import re
 import sys
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -414,9 +414,15 @@ class FunctionHost:
             raise FunctionHostError(f"method {method} is not allowed on {path}")
         return None
 
-    def serve_http(self, port: int = 0) -> str:
-        """Serve /api/<route> on 127.0.0.1 (and the durable webhooks, when a durable host is attached)."""
+    def serve_http(self, port: int = 0, *, function_keys: Collection[str] | None = None) -> str:
+        """Serve /api/<route> on 127.0.0.1 (and the durable webhooks, when a durable host is attached).
+
+        With function_keys, functions whose auth level is "function" or "admin" demand one of them in the
+        `code` query parameter or the x-functions-key header, as in Azure; without, none is checked
+        (as the local Functions host does).
+        """
         host = self
+        keys = frozenset(function_keys or ())
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
@@ -440,6 +446,11 @@ class FunctionHost:
                     self._send(404, b"no function serves this route", {"Content-Type": "text/plain"})
                     return
                 info, route_params = matched
+                if keys and info.auth_level in ("function", "admin"):
+                    given = dict(parse_qsl(parts.query)).get("code") or self.headers.get("x-functions-key")
+                    if given not in keys:
+                        self._send(401, b"", {})
+                        return
                 url = f"http://{self.headers.get('Host', 'localhost')}{self.path}"
                 try:
                     resp = host.call_http(

@@ -93,3 +93,45 @@ def test_an_app_already_indexed_elsewhere_still_loads() -> None:
         assert host.call_activity("square", 12) == 144
     finally:
         del sys.modules["durable_app_fixture_copy"]
+
+
+KEYED_APP = """
+import azure.functions as func
+
+app = func.FunctionApp(http_auth_level=func.AuthLevel.FUNCTION)
+
+
+@app.route(route="ping", methods=["GET"])
+def ping(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("pong")
+
+
+@app.route(route="open", methods=["GET"], auth_level=func.AuthLevel.ANONYMOUS)
+def open_route(req: func.HttpRequest) -> func.HttpResponse:
+    return func.HttpResponse("open")
+"""
+
+
+def test_served_functions_demand_a_key_when_keys_are_configured(tmp_path: Path) -> None:
+    app_file = tmp_path / f"keyed_app_{uuid.uuid4().hex[:8]}.py"
+    app_file.write_text(KEYED_APP)
+    host = FunctionHost(str(app_file))
+    assert host.functions()["ping"].auth_level == "function"
+    base = host.serve_http(function_keys={"s3cret"})
+
+    def get(path: str, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
+        try:
+            with urllib.request.urlopen(urllib.request.Request(base + path, headers=headers or {}),
+                                        timeout=30) as resp:
+                return resp.status, resp.read()
+        except urllib.error.HTTPError as err:
+            return err.code, b""
+
+    try:
+        assert get("/api/ping") == (401, b"")
+        assert get("/api/ping?code=wrong") == (401, b"")
+        assert get("/api/ping?code=s3cret") == (200, b"pong")
+        assert get("/api/ping", {"x-functions-key": "s3cret"}) == (200, b"pong")
+        assert get("/api/open") == (200, b"open")
+    finally:
+        host.stop_http()
