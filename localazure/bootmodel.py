@@ -9,9 +9,10 @@ The rules are libselinux's and systemd's (see the project's facts file):
   "Failed to load SELinux policy." and freezes. Permissive + no policy: it carries on, but cannot set up
   its labeling handle, so journald and the serial getty fail (the VM runs, broken).
 - A config file without a security.selinux label is read fine before the policy is loaded (labels do
-  not matter then), so the policy loads; afterwards confined services that read the config are denied
-  (AVC denials on unlabeled_t). Modelled, not observed on a real boot here: a real-boot run replaces
-  this text with the genuine output.
+  not matter then), so the policy loads; afterwards every confined service that reads the config is
+  denied (AVC `{ read }` on `unlabeled_t`): udev fails, local file systems never mount, and systemd
+  drops to emergency mode, where sulogin cannot open the console (root locked). No login prompt, no
+  agent. Observed on a real Debian 12 boot under qemu here (enforcing, policy `default`).
 
 The transcript is realistic enough for a detector: kernel lines with timestamps, libselinux's own
 message without one, systemd's lines, and the login prompt of a healthy boot.
@@ -44,7 +45,7 @@ class Outcome(enum.StrEnum):
     @property
     def guest_runs(self) -> bool:
         """Whether the guest gets far enough to start its VM agent and send heartbeats."""
-        return self in (Outcome.BOOTED, Outcome.PERMISSIVE_MISSING_POLICY, Outcome.UNLABELED_CONFIG)
+        return self in (Outcome.BOOTED, Outcome.PERMISSIVE_MISSING_POLICY)
 
 
 @dataclass(frozen=True)
@@ -266,11 +267,26 @@ def transcript(
     out.k("systemd[1]: systemd 252-32.el9_4 running in system mode (+PAM +AUDIT +SELINUX -APPARMOR)", 0.3)
     out.k("systemd[1]: Detected virtualization microsoft.", 0.002)
     if outcome is Outcome.UNLABELED_CONFIG:
-        out.k('audit: type=1400 audit(1700000002.512:41): avc:  denied  { read } for  pid=611 comm="sshd" '
-              'name="config" dev="dm-0" ino=25178124 scontext=system_u:system_r:sshd_t:s0-s0:c0.c1023 '
-              'tcontext=system_u:object_r:unlabeled_t:s0 tclass=file permissive=0', 2.0)
-        out.k("systemd[1]: sshd.service: Main process exited, code=exited, status=255/EXCEPTION", 0.1)
-        out.k("systemd[1]: Failed to start sshd.service - OpenSSH server daemon.", 0.01)
+        for pid, comm, domain in ((174, "lvm", "lvm_t"), (183, "udevadm", "udev_t"),
+                                  (192, "systemd-sysuser", "systemd_sysusers_t"),
+                                  (195, "systemd-tmpfile", "systemd_tmpfiles_t"), (198, "systemd-udevd", "udev_t")):
+            out.k(f"audit: type=1400 audit(1700000010.427:{pid % 97}): avc:  denied  {{ read }} for  pid={pid} "
+                  f'comm="{comm}" name="config" dev="sda4" ino=236 scontext=system_u:system_r:{domain}:s0 '
+                  "tcontext=system_u:object_r:unlabeled_t:s0 tclass=file permissive=0", 1.1)
+        out.k("systemd[1]: systemd-udev-settle.service: Failed with result 'exit-code'.", 0.3)
+        out.k("systemd[1]: Failed to start systemd-udev-settle.service - Wait for udev To Complete Device "
+              "Initialization.", 0.06)
+        out.raw("[DEPEND] Dependency failed for local-fs.target - Local File Systems.")
+        out.raw("[DEPEND] Dependency failed for serial-getty@ttyS0.service - Serial Getty on ttyS0.")
+        out.raw('You are in emergency mode. After logging in, type "journalctl -xb" to view')
+        out.raw('system logs, "systemctl reboot" to reboot, "systemctl default" or "exit"')
+        out.raw("to boot into default mode.")
+        out.raw("")
+        out.raw("Cannot open access to console, the root account is locked.")
+        out.raw("See sulogin(8) man page for more details.")
+        out.raw("")
+        out.raw("Press Enter to continue.")
+        return Transcript("\n".join(out.out) + "\n", outcome)
     out.k("systemd[1]: Started systemd-journald.service - Journal Service.", 0.4)
     out.k("systemd[1]: Started waagent.service - Azure Linux Agent.", 1.9)
     out.k("systemd[1]: Started serial-getty@ttyS0.service - Serial Getty on ttyS0.", 0.3)
@@ -341,7 +357,8 @@ def real_boot_runner(directory: Path, timeout: float = 300.0) -> Callable[[Any, 
                 with state.lock:
                     vm.append_serial(text[seen[0]:])
                 seen[0] = len(text)
-            return qemu.login_prompt_seen(text) or qemu.freeze_seen(text) or vm.power != "running"
+            return (qemu.login_prompt_seen(text) or qemu.freeze_seen(text) or "You are in emergency mode" in text
+                    or vm.power != "running")
 
         def work() -> None:
             try:
@@ -352,6 +369,8 @@ def real_boot_runner(directory: Path, timeout: float = 300.0) -> Callable[[Any, 
                     outcome = Outcome.BOOTED
                 elif qemu.freeze_seen(text):
                     outcome = Outcome.SELINUX_FREEZE
+                elif "You are in emergency mode" in text and "unlabeled_t" in text:
+                    outcome = Outcome.UNLABELED_CONFIG
                 elif "Could not open policy file" in text:
                     outcome = Outcome.PERMISSIVE_MISSING_POLICY
                 else:
