@@ -9,6 +9,7 @@ GET /_localazure/requests; GET /_localazure/state dumps every resource.
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import hmac
 import json
@@ -36,6 +37,7 @@ from localazure.state import ArmError, Reply, State, iso
 log = logging.getLogger(__name__)
 
 STORAGE_VERSION = "2025-01-05"
+REQUEST_LOG_LIMIT = 200_000  # a long demo keeps the most recent requests only
 
 
 @dataclass
@@ -130,7 +132,7 @@ class LocalAzure:
         self.faults = faults or FaultPlan.none()
         self.latency: LatencyModel = state.latency
         self.page_size = page_size
-        self.requests: list[RequestRecord] = []
+        self.requests: collections.deque[RequestRecord] = collections.deque(maxlen=REQUEST_LOG_LIMIT)
         self._rec_lock = threading.Lock()
         self._sas_key = secrets.token_bytes(32)
         self.cert_dir = cert_dir or state.data_dir
@@ -326,8 +328,7 @@ class LocalAzure:
             url = (f"{self.endpoint}/subscriptions/{op.subscription}/providers/{op.provider}/locations/"
                    f"{op.location}/operations/{op.id}?api-version={quote(api)}")
             headers = {"Azure-AsyncOperation": url, "Retry-After": self.latency.retry_after_header()}
-            if req.method in ("POST", "DELETE") or reply.status == 202:
-                headers["Location"] = url + "&monitor=true"
+            headers["Location"] = url + "&monitor=true"
         if reply.body is None:
             return Response(reply.status, b"", {**headers, "Content-Length": "0"})
         return _json(reply.status, reply.body, headers)

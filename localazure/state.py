@@ -12,6 +12,7 @@ window of a Log Analytics `ago()`) are multiplied by the time scale.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import shutil
@@ -255,7 +256,7 @@ class Vm:
             self.serial[:0] = seed().encode()
         return bytes(self.serial)
 
-    @property
+    @functools.cached_property
     def blob_key(self) -> str:
         return hashlib.sha256(f"{self.id.lower()}|{self.vm_uuid}".encode()).hexdigest()[:24]
 
@@ -809,6 +810,9 @@ class State:
             if not isinstance(src_id, str):
                 raise ArmError(400, "InvalidParameter", "creationData.sourceResourceId is required for Copy.")
             src = self.disk_by_id(src_id, "Source resource")
+            if src.provisioning not in ("Succeeded", "Updating"):
+                raise ArmError(409, "OperationNotAllowed",
+                               f"Source '{src.name}' is {src.provisioning}; copy it once it has Succeeded.")
             if src.location != location:
                 raise ArmError(400, "InvalidParameter",
                                f"Source '{src.name}' is in {src.location}; the copy must be in the same region "
