@@ -27,7 +27,7 @@ import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import BinaryIO, Literal, cast
 
 MIB = 1024 * 1024
 SECTOR = 512
@@ -89,7 +89,7 @@ class Layout:
         """The root device as a Linux guest with this disk attached at ``disk`` names it."""
         if self.lvm:
             return f"/dev/mapper/{VG_NAME}-{LV_NAME}"
-        return f"{disk}{len(self._partitions(0)[:-1]) + 1}"
+        return f"{disk}{len(self.partitions_mib(0)[:-1]) + 1}"
 
     def boot_device(self, disk: str = "/dev/vda") -> str | None:
         """The /boot partition as the guest names it, or None when /boot lives on root."""
@@ -97,7 +97,7 @@ class Layout:
             return None
         return f"{disk}{2 if self.table == 'gpt' else 1}"
 
-    def _partitions(self, size_mb: int) -> list[tuple[str, int, int]]:
+    def partitions_mib(self, size_mb: int) -> list[tuple[str, int, int]]:
         """(role, start MiB, size MiB) for each partition, in table order; root takes the rest."""
         parts: list[tuple[str, int, int]] = []
         start = 1
@@ -346,7 +346,7 @@ def build_disk(path: Path, tree: Path, layout: Layout = Layout(), size_mb: int =
     """Build a sparse raw disk whose root filesystem holds `tree` (and /boot, when separate, its /boot)."""
     if not tree.is_dir():
         raise ImageError(f"root tree {tree} is not a directory")
-    parts = layout._partitions(size_mb)
+    parts = layout.partitions_mib(size_mb)
     if parts[-1][2] < 32:
         raise ImageError(f"a {size_mb} MiB disk is too small for layout {layout.name}")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -402,13 +402,16 @@ def copy_disk(src: Path, dst: Path) -> None:
 # ---------------------------------------------------------------- reading disks
 
 
+FsType = Literal["ext4", "xfs"]
+
+
 @dataclass(frozen=True)
 class FsLocation:
     """Where a filesystem sits inside a disk image."""
 
     offset: int
     size: int
-    fstype: Literal["ext4", "xfs"]
+    fstype: FsType
 
 
 _LOCATIONS: dict[str, tuple[tuple[int, int], FsLocation]] = {}
@@ -436,10 +439,9 @@ def partitions(disk: Path) -> list[tuple[int, int]]:
     return [(start * SECTOR, count * SECTOR) for _, kind, start, count in mbr if kind not in (0, 0x05, 0x0F)]
 
 
-def _signature(fh: object, offset: int) -> str | None:
-    read = fh.read  # type: ignore[attr-defined]
-    fh.seek(offset)  # type: ignore[attr-defined]
-    block = read(4096)
+def _signature(fh: BinaryIO, offset: int) -> str | None:
+    fh.seek(offset)
+    block = fh.read(4096)
     if block[:4] == b"XFSB":
         return "xfs"
     if block[1080:1082] == b"\x53\xef":
@@ -450,10 +452,10 @@ def _signature(fh: object, offset: int) -> str | None:
     return None
 
 
-def _lvm_volumes(fh: object, pv_offset: int) -> list[tuple[str, int, int]]:
+def _lvm_volumes(fh: BinaryIO, pv_offset: int) -> list[tuple[str, int, int]]:
     """(LV name, byte offset within the disk, byte size) for each linear LV of the PV at pv_offset."""
-    fh.seek(pv_offset)  # type: ignore[attr-defined]
-    head = fh.read(4096)  # type: ignore[attr-defined]
+    fh.seek(pv_offset)
+    head = fh.read(4096)
     label_at = next(s for s in range(4) if head[s * SECTOR : s * SECTOR + 8] == b"LABELONE") * SECTOR
     (pvh_off,) = struct.unpack_from("<I", head, label_at + 20)
     pos = label_at + pvh_off + 32 + 8
@@ -461,13 +463,13 @@ def _lvm_volumes(fh: object, pv_offset: int) -> list[tuple[str, int, int]]:
         pos += 16
     pos += 16
     mda_offset, _ = struct.unpack_from("<QQ", head, pos)  # first metadata area
-    fh.seek(pv_offset + mda_offset)  # type: ignore[attr-defined]
-    mda = fh.read(512)  # type: ignore[attr-defined]
+    fh.seek(pv_offset + mda_offset)
+    mda = fh.read(512)
     if mda[4:20] != b" LVM2 x[5A%r0N*>":
         raise ImageError("LVM metadata area not found on the physical volume")
     text_offset, text_size = struct.unpack_from("<QQ", mda, 40)
-    fh.seek(pv_offset + mda_offset + text_offset)  # type: ignore[attr-defined]
-    text = fh.read(text_size).split(b"\x00", 1)[0].decode(errors="replace")  # type: ignore[attr-defined]
+    fh.seek(pv_offset + mda_offset + text_offset)
+    text = fh.read(text_size).split(b"\x00", 1)[0].decode(errors="replace")
     extent = int(_field(text, "extent_size")) * SECTOR
     pe_start = int(_field(text, "pe_start")) * SECTOR
     volumes = []
@@ -516,9 +518,9 @@ def filesystems(disk: Path) -> list[FsLocation]:
                 for _, lv_off, lv_size in _lvm_volumes(fh, offset):
                     lv_kind = _signature(fh, lv_off)
                     if lv_kind in ("ext4", "xfs"):
-                        found.append(FsLocation(lv_off, lv_size, lv_kind))  # type: ignore[arg-type]
+                        found.append(FsLocation(lv_off, lv_size, cast(FsType, lv_kind)))
             elif kind in ("ext4", "xfs"):
-                found.append(FsLocation(offset, length, kind))  # type: ignore[arg-type]
+                found.append(FsLocation(offset, length, cast(FsType, kind)))
     return found
 
 
