@@ -35,6 +35,7 @@ COMPUTE = "Microsoft.Compute"
 NETWORK = "Microsoft.Network"
 SERIAL_LIMIT = 4 * 1024 * 1024
 RUN_OUTPUT_LIMIT = 4096
+OPERATION_LIMIT = 20_000
 TENANT_ID = "72f988bf-86f1-41af-91ab-2d7cd011db47"
 
 
@@ -597,12 +598,16 @@ class State:
         """Apply every operation whose time has come (and whose worker finished)."""
         with self.lock:
             now = self.now()
-            for op in sorted(self.ops.values(), key=lambda o: o.ready_at):
-                if op.status != "InProgress" or op.ready_at > now:
-                    continue
+            due = [op for op in self.ops.values() if op.status == "InProgress" and op.ready_at <= now]
+            for op in sorted(due, key=lambda o: o.ready_at):
                 if op.worker is not None and not op.worker.is_set():
                     continue
                 self._finish(op)
+            if len(self.ops) > OPERATION_LIMIT:
+                # Forget the oldest finished operations (ARM, too, answers 404 for old operation ids).
+                done = [k for k, o in self.ops.items() if o.status != "InProgress"]
+                for key in done[: len(self.ops) - OPERATION_LIMIT]:
+                    del self.ops[key]
 
     def _finish(self, op: Operation) -> None:
         op.ended = time.time()

@@ -331,3 +331,37 @@ def test_state_and_request_log_endpoints(local_azure: LocalAzureHandle) -> None:
     log = _get(local_azure, "/_localazure/requests").json()["requests"]
     get = next(r for r in log if r["operation"] == "virtualMachines.get")
     assert get["resource_id"].endswith("/virtualMachines/app-ok") and get["status"] == 200 and not get["write"]
+
+
+def test_patch_swaps_the_os_disk_and_restart_reboots(local_azure: LocalAzureHandle) -> None:
+    c = local_azure.compute_client()
+    c.virtual_machines.begin_restart(RG, "app-ok").result()
+    log_key = next(k for k in local_azure.state.vms if k.endswith("/app-ok"))
+    assert bytes(local_azure.state.vms[log_key].serial).count(b"app-ok login:") == 2
+    original = c.virtual_machines.get(RG, "app-ok").storage_profile.os_disk.managed_disk.id
+    spare = _copy(local_azure, original, "spare-os", zones=["1"])
+    c.virtual_machines.begin_deallocate(RG, "app-ok").result()
+    patched = c.virtual_machines.begin_update(RG, "app-ok", cm.VirtualMachineUpdate(
+        storage_profile=cm.StorageProfile(os_disk=cm.OSDisk(
+            create_option="Attach", managed_disk=cm.ManagedDiskParameters(id=spare.id))))).result()
+    assert patched.storage_profile.os_disk.managed_disk.id == spare.id
+    with pytest.raises(ResourceExistsError):
+        c.virtual_machines.begin_restart(RG, "app-ok").result()  # not running
+
+
+def test_concurrent_clients_see_a_consistent_server(local_azure: LocalAzureHandle) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    def work(i: int) -> int:
+        c = local_azure.compute_client()
+        names = set()
+        for _ in range(20):
+            names.add(c.virtual_machines.get(RG, "app-ok" if i % 2 else "app-frozen").name)
+        c.disks.begin_update(RG, c.virtual_machines.get(RG, "app-ok").storage_profile.os_disk.name,
+                             cm.DiskUpdate(tags={"writer": str(i)})).result()
+        return len(names)
+
+    with ThreadPoolExecutor(8) as pool:
+        assert list(pool.map(work, range(8))) == [1] * 8
+    statuses = [r.status for r in local_azure.requests]
+    assert statuses and all(s < 500 for s in statuses)
