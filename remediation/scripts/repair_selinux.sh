@@ -13,7 +13,9 @@
 # rewritten in place (same inode, same security.selinux label) after a backup config.bak-<incident>.
 #
 # The last line of stdout is one JSON object: status (repaired | already_valid | would_repair | failed),
-# device, root, changes [{key, old, new, reason}], backup, warnings, error. Exit 0 unless failed.
+# device, root (the partition or vg/lv mounted), root_via (partition | active | mapped), dry_run,
+# incident, mode, policy_type, installed, changes [{key, old, new, reason}], backup, warnings, and
+# error when failed. Exit 0 unless failed. would_repair is the dry-run outcome when changes are due.
 # Requires: POSIX sh, awk, blkid, mount, losetup, partx (util-linux); lvm2 only for LVM disks.
 
 set -u
@@ -25,6 +27,7 @@ STATUS=failed
 ERROR=""
 DEVICE=""
 ROOT_DEV=""
+ROOT_VIA=""
 BACKUP=""
 CHANGES=""
 WARNINGS=""
@@ -106,8 +109,9 @@ on_exit() {
     if [ "$STATUS" = failed ] && [ -z "$ERROR" ]; then
         ERROR="stopped unexpectedly (exit code $rc)"
     fi
-    printf '{"status":%s,"device":%s,"root":%s,"dry_run":%s,"incident":%s,"mode":%s,"policy_type":%s,"installed":[%s],"changes":[%s],"backup":%s,"warnings":[%s]' \
-        "$(json_str "$STATUS")" "$(json_or_null "$DEVICE")" "$(json_or_null "$ROOT_DEV")" "$DRY_RUN" \
+    printf '{"status":%s,"device":%s,"root":%s,"root_via":%s,"dry_run":%s,"incident":%s,"mode":%s,"policy_type":%s,"installed":[%s],"changes":[%s],"backup":%s,"warnings":[%s]' \
+        "$(json_str "$STATUS")" "$(json_or_null "$DEVICE")" "$(json_or_null "$ROOT_DEV")" \
+        "$(json_or_null "$ROOT_VIA")" "$DRY_RUN" \
         "$(json_or_null "$INCIDENT")" "$(json_or_null "$MODE_OUT")" "$(json_or_null "$TYPE_OUT")" \
         "$INSTALLED_OUT" "$CHANGES" "$(json_or_null "$BACKUP")" "$WARNINGS"
     [ "$STATUS" = failed ] && printf ',"error":%s' "$(json_str "$ERROR")"
@@ -266,7 +270,7 @@ lvm_volumes() {
             [ -f "$h/dm/uuid" ] && [ "$(cat "$h/dm/uuid")" = "$dm_uuid" ] && active=/dev/$(basename "$h")
         done
         if [ -n "$active" ]; then
-            printf '%s %s/%s\n' "$active" "$vg" "$lv"
+            printf '%s %s/%s active\n' "$active" "$vg" "$lv"
             continue
         fi
         if [ "$segs" != 1 ] || [ "$segtype" != linear ]; then
@@ -285,7 +289,7 @@ lvm_volumes() {
             continue
         }
         LOOPS="$LOOPS $loop"
-        printf '%s %s/%s\n' "$loop" "$vg" "$lv"
+        printf '%s %s/%s mapped\n' "$loop" "$vg" "$lv"
     done < "$WORK/lvs"
 }
 
@@ -293,7 +297,7 @@ lvm_volumes() {
 for p in $PARTS; do
     kind=$(blkid -p -o value -s TYPE "$p" 2>/dev/null)
     case $kind in
-        ext2|ext3|ext4|xfs) printf '%s %s\n' "$p" "$p" >> "$WORK/candidates" ;;
+        ext2|ext3|ext4|xfs) printf '%s %s partition\n' "$p" "$p" >> "$WORK/candidates" ;;
         LVM2_member) lvm_volumes "$p" >> "$WORK/candidates" ;;
     esac
 done
@@ -310,7 +314,7 @@ mount_fs() { # dev dir
 }
 
 CFG_REL=etc/selinux/config
-while read -r dev name; do
+while read -r dev name via; do
     dir=$(mktemp -d "${TMPDIR:-/tmp}/repair-selinux-mnt.XXXXXX") || fail "cannot create a mount point"
     MNT_DIRS="$MNT_DIRS $dir"
     if ! mount_fs "$dev" "$dir"; then
@@ -320,13 +324,18 @@ while read -r dev name; do
     MNT=$dir
     if [ -f "$dir/$CFG_REL" ] || [ -L "$dir/$CFG_REL" ]; then
         ROOT_DEV=$name
+        ROOT_VIA=$via
         break
     fi
     umount "$dir" 2>>"$WORK/err" || fail "cannot unmount $name: $(last_err)"
     MNT=""
 done < "$WORK/candidates"
 [ -n "$MNT" ] || fail "no filesystem on $DEVICE holds /$CFG_REL"
-say "root filesystem $ROOT_DEV holds /$CFG_REL"
+case $ROOT_VIA in
+    active) say "root filesystem $ROOT_DEV (its volume group was active already; left active) holds /$CFG_REL" ;;
+    mapped) say "root filesystem $ROOT_DEV (mapped by offset; the volume group stays inactive) holds /$CFG_REL" ;;
+    *) say "root filesystem $ROOT_DEV holds /$CFG_REL" ;;
+esac
 CFG=$MNT/$CFG_REL
 [ -L "$CFG" ] && fail "/$CFG_REL is a symbolic link; refusing to follow it on a foreign disk"
 

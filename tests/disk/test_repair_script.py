@@ -50,6 +50,7 @@ def test_wrong_type_disabled_is_repaired_in_place_on_every_layout(lab, layout, r
     assert report["status"] == "repaired"
     assert report["device"] == dev
     assert report["root"] == ("rootvg/rootlv" if layout.lvm else f"{dev}p{len(layout.partitions_mib(512))}")
+    assert report["root_via"] == ("mapped" if layout.lvm else "partition")
     assert report["changes"] == [{
         "key": "SELINUXTYPE", "old": "disabled", "new": "targeted",
         "reason": report["changes"][0]["reason"],  # type: ignore[index]

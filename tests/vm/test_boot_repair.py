@@ -96,21 +96,33 @@ def test_mbr_xfs_debian_is_repaired_in_a_rescue_vm_and_boots_enforcing(tmp_path)
     _assert_booted_enforcing(booted)
 
 
-def test_lvm_disk_is_repaired_in_a_rescue_vm_even_with_a_same_named_vg_attached(tmp_path):
-    """The rescue VM sees two disks with VG rootvg (as with a rescue VM of the same image) and lvm2 may
-    auto-activate one of them: the script must repair the one it was given, and only that one."""
+def test_lvm_disks_with_the_same_vg_are_repaired_in_a_rescue_vm_active_or_not(tmp_path):
+    """Two attached disks carry VG rootvg (as when the rescue VM runs the same image) and the rescue VM's
+    lvm2 auto-activates one of them: the script repairs each one it is given, using an active volume as
+    it is and mapping an inactive one by offset, and leaves the other disk alone."""
     layout = images.Layout(table="gpt", root_fs="xfs", lvm=True)
     tree = images.selinux_tree(tmp_path / "tree", policy_type="disabled", installed=("targeted",))
-    disk = images.build_disk(tmp_path / "lvm.raw", tree, layout)
+    first = images.build_disk(tmp_path / "first.raw", tree, layout)
     twin = tmp_path / "twin.raw"
-    images.copy_disk(disk, twin)
+    images.copy_disk(first, twin)
+    original = images.read_file(first, CONFIG)
 
-    result = qemu.run_in_rescue_vm(SCRIPT, ["--device", "/dev/vdb", "--incident", "lvm-1"], disk,
-                                   extra_disks=[twin], timeout=300)
-    report = json.loads(result.stdout.strip().splitlines()[-1])
-    assert result.exit_code == 0 and report["status"] == "repaired", result.stdout + result.stderr
-    assert report["root"] == "rootvg/rootlv"
-    assert b"\nSELINUXTYPE=targeted\n" in (images.read_file(disk, CONFIG) or b"")
-    assert images.file_xattr(disk, CONFIG) == images.CONFIG_LABEL
-    assert b"\nSELINUXTYPE=disabled\n" in (images.read_file(twin, CONFIG) or b""), "the twin must stay untouched"
-    assert images.read_file(disk, "/etc/selinux/config.bak-lvm-1") == images.read_file(twin, CONFIG)
+    job = tmp_path / "job.sh"
+    job.write_text(
+        "cat > /tmp/repair.sh <<'END_OF_SCRIPT'\n" + SCRIPT.read_text() + "END_OF_SCRIPT\n"
+        "sh /tmp/repair.sh --device /dev/vdb --incident lvm-1 | tail -n 1\n"
+        "sh /tmp/repair.sh --device /dev/vdd --incident lvm-2 | tail -n 1\n"
+        "dmsetup ls\n"
+    )
+    result = qemu.run_in_rescue_vm(job, [], first, extra_disks=[twin], timeout=300)
+    lines = result.stdout.strip().splitlines()
+    reports = [json.loads(line) for line in lines[:2]]
+    assert [r["status"] for r in reports] == ["repaired", "repaired"], result.stdout + result.stderr
+    assert [r["root"] for r in reports] == ["rootvg/rootlv", "rootvg/rootlv"]
+    assert sorted(r["root_via"] for r in reports) == ["active", "mapped"], result.stdout
+    assert "rootvg-rootlv" in "\n".join(lines[2:]), "the volume that was active stays active"
+    for disk, incident in ((first, "lvm-1"), (twin, "lvm-2")):
+        assert b"\nSELINUXTYPE=targeted\n" in (images.read_file(disk, CONFIG) or b"")
+        assert images.file_xattr(disk, CONFIG) == images.CONFIG_LABEL
+        assert images.read_file(disk, f"/etc/selinux/config.bak-{incident}") == original
+        assert images.list_dir(disk, "/etc/selinux") == ["config", f"config.bak-{incident}", "targeted"]
