@@ -172,3 +172,46 @@ def test_repair_script_then_swap_boots_the_vm(local_azure_disks: LocalAzureHandl
     assert log.rindex("app-frozen login:") > log.rindex("Freezing execution.")
     assert c.virtual_machines.instance_view(RG, "app-frozen").vm_agent.statuses[0].display_status == "Ready"
     assert preexisting <= set(az.state.disks)  # no disk that existed before was deleted
+
+
+@pytest.mark.skipif(not REPAIR_SCRIPT.exists(), reason="the repair script is not in the tree yet")
+@pytest.mark.parametrize("vm_name", ["db-02", "cache-01"])  # GPT + LVM + XFS; MBR + ext4 without /boot
+def test_repair_through_run_command_on_other_layouts(tmp_path: Path, vm_name: str) -> None:
+    from localazure.testing import running
+
+    rg = "rg-data"
+    with running(None, time_scale=0.001, state_dir=tmp_path) as az:
+        c = az.compute_client()
+        src = c.virtual_machines.get(rg, vm_name).storage_profile.os_disk.managed_disk.id
+        copy = c.disks.begin_create_or_update(rg, "copy", cm.Disk(
+            location="eastus", creation_data=cm.CreationData(create_option="Copy", source_resource_id=src))).result()
+        net = az.network_client()
+        subnet = net.subnets.get(rg, "vnet-data", "default")
+        nic = net.network_interfaces.begin_create_or_update(rg, "rescue-nic", nm.NetworkInterface(
+            location="eastus", ip_configurations=[
+                nm.NetworkInterfaceIPConfiguration(name="c", subnet=nm.Subnet(id=subnet.id))])).result()
+        c.virtual_machines.begin_create_or_update(rg, "rescue", cm.VirtualMachine(
+            location="eastus", hardware_profile=cm.HardwareProfile(vm_size="Standard_B2s"),
+            storage_profile=cm.StorageProfile(
+                image_reference=cm.ImageReference(publisher="RedHat", offer="RHEL", sku="9-lvm-gen2",
+                                                  version="latest"),
+                os_disk=cm.OSDisk(create_option="FromImage", delete_option="Delete"),
+                data_disks=[cm.DataDisk(lun=0, create_option="Attach",
+                                        managed_disk=cm.ManagedDiskParameters(id=copy.id))]),
+            network_profile=cm.NetworkProfile(network_interfaces=[cm.NetworkInterfaceReference(id=nic.id)]),
+        )).result()
+        result = c.virtual_machines.begin_run_command(rg, "rescue", cm.RunCommandInput(
+            command_id="RunShellScript", script=REPAIR_SCRIPT.read_text().splitlines(),
+            parameters=[cm.RunCommandInputParameter(name="REPAIR_DEVICE", value="/dev/disk/azure/scsi1/lun0"),
+                        cm.RunCommandInputParameter(name="REPAIR_INCIDENT", value="inc-layout")])).result()
+        assert result.value[0].code == "ProvisioningState/succeeded", result.value[0].message
+        assert '"status":"repaired"' in result.value[0].message
+        c.virtual_machines.begin_delete(rg, "rescue").result()
+        c.virtual_machines.begin_deallocate(rg, vm_name).result()
+        vm = c.virtual_machines.get(rg, vm_name)
+        vm.storage_profile.os_disk.managed_disk.id = copy.id
+        c.virtual_machines.begin_create_or_update(rg, vm_name, vm).result()
+        c.virtual_machines.begin_start(rg, vm_name).result()
+        url = c.virtual_machines.retrieve_boot_diagnostics_data(rg, vm_name).serial_console_log_blob_uri
+        log = az.blob_client(url).download_blob().readall().decode()
+        assert log.rindex(f"{vm_name} login:") > log.rindex("Freezing execution.")
