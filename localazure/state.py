@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import shutil
 import subprocess
 import threading
 import time
@@ -1540,5 +1539,4 @@ def _copy_in_background(src: Path, dst: Path, done: threading.Event, disk: Disk)
         disk.path = None
         done.set()
         return
-    shutil.disk_usage(dst.parent)  # fails early (OSError) if the state directory is gone
     threading.Thread(target=work, name=f"copy-{dst.name}", daemon=True).start()
