@@ -223,6 +223,12 @@ say "disk $DEVICE${INCIDENT:+ (incident $INCIDENT)}"
 
 # ---------------------------------------------------------------- partitions and volumes
 
+# Whether a block device is mounted anywhere (by major:minor, whatever name it was mounted under).
+in_use() {
+    mm=$(cat "/sys/class/block/$(basename "$(readlink -f "$1")")/dev" 2>/dev/null) || return 1
+    awk -v mm="$mm" '$3 == mm { found = 1 } END { exit !found }' /proc/self/mountinfo
+}
+
 list_parts() {
     for p in "/sys/class/block/$DISK_NAME/$DISK_NAME"*; do
         [ -f "$p/partition" ] && printf '/dev/%s\n' "$(basename "$p")"
@@ -241,9 +247,7 @@ for p in $PARTS; do
     i=0
     while [ ! -b "$p" ] && [ $i -lt 50 ]; do sleep 0.1; i=$((i + 1)); done
     [ -b "$p" ] || fail "partition device $p did not appear"
-    if grep -q "^$p " /proc/mounts; then
-        fail "$p is mounted already; unmount it first"
-    fi
+    in_use "$p" && fail "$p is mounted already; unmount it first"
 done
 
 lvm_cfg() { printf 'devices { filter=["a|^%s$|","r|.*|"] use_devicesfile=0 } backup { backup=0 archive=0 }' "$1"; }
@@ -270,6 +274,10 @@ lvm_volumes() {
             [ -f "$h/dm/uuid" ] && [ "$(cat "$h/dm/uuid")" = "$dm_uuid" ] && active=/dev/$(basename "$h")
         done
         if [ -n "$active" ]; then
+            if in_use "$active"; then
+                add_warning "skipping $vg/$lv: it is active and mounted on this VM"
+                continue
+            fi
             printf '%s %s/%s active\n' "$active" "$vg" "$lv"
             continue
         fi

@@ -307,6 +307,22 @@ def test_a_partition_is_refused_in_favour_of_its_disk(lab, run_script):
     assert "whole disk" in result.report["error"]  # type: ignore[operator]
 
 
+def test_a_mounted_partition_is_refused(lab, run_script, tmp_path):
+    disk = lab.disk("busy", policy_type="disabled")
+    dev = lab.attach(disk)
+    subprocess.run(["partx", "-a", dev], check=True)
+    mnt = tmp_path / "mnt"
+    mnt.mkdir()
+    subprocess.run(["mount", "-o", "ro", f"{dev}p3", str(mnt)], check=True)
+    try:
+        result = run_script(["--device", dev])
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
+    assert result.report["status"] == "failed"
+    assert "mounted already" in result.report["error"]  # type: ignore[operator]
+    assert b"SELINUXTYPE=disabled" in (images.read_file(disk, CONFIG) or b"")
+
+
 def test_failure_after_mounting_still_cleans_up(lab, run_script, helpers):
     # A symlinked config must not be followed (it would point into the rescue VM's own /etc).
     disk = lab.disk("symlink", policy_type="disabled")
