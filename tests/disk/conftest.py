@@ -30,10 +30,10 @@ class RunResult:
 
 
 def _run_script(args: Sequence[str] = (), env: dict[str, str] | None = None,
-               wrapper: Sequence[str] = ()) -> RunResult:
+               wrapper: Sequence[str] = (), shell: str = "sh") -> RunResult:
     """Run the script as the rescue VM would (root, plain sh); parse the last stdout line as JSON."""
     full_env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), **(env or {})}
-    proc = subprocess.run([*wrapper, "sh", str(SCRIPT), *args], capture_output=True, text=True, env=full_env,
+    proc = subprocess.run([*wrapper, shell, str(SCRIPT), *args], capture_output=True, text=True, env=full_env,
                           timeout=120, check=False)
     lines = proc.stdout.strip().splitlines()
     assert lines, f"no output; stderr: {proc.stderr}"

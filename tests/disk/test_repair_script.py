@@ -131,6 +131,16 @@ def test_each_breakage_is_fixed_exactly(lab, run_script, helpers, name):
     assert images.read_file(disk, CONFIG) == expected
 
 
+def test_bash_as_on_rhel_rescue_vms_gives_the_same_result(lab, run_script):
+    # RHEL's /bin/sh is bash, Ubuntu's is dash (the other tests): both must behave the same.
+    disk = lab.disk("bash", images.Layout(lvm=True, root_fs="xfs"), policy_type="disabled")
+    dev = lab.attach(disk)
+    result = run_script(["--device", dev, "--incident", "b1"], shell="bash")
+    assert result.report["status"] == "repaired", result.stdout
+    assert images.read_file(disk, CONFIG) == _conf("enforcing", "targeted")
+    lab.assert_clean(dev)
+
+
 def test_already_valid_config_is_left_alone(lab, run_script):
     disk = lab.disk("ok", policy_type="targeted")
     dev = lab.attach(disk)
