@@ -36,6 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--broken", type=int, default=0, help="how many synthetic VMs are frozen on SELinux")
     p.add_argument("--no-images", action="store_true", help="declared disk states only (no real images)")
     p.add_argument("--verbose", action="store_true", help="log every request")
+    p.add_argument("--no-storage", action="store_true",
+                   help="do not start Azurite and the managed-identity endpoint next to the server")
+    p = sub.add_parser("durable-host", help="run the local Functions + Durable host (see localazure.durable)",
+                       add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
     return parser
 
 
@@ -63,8 +68,26 @@ def serve(args: argparse.Namespace) -> int:
         sys.stderr.write(f"serve: {exc}\n")
         return 2
     server.start()
-    info = {"endpoint": server.endpoint, "ca": str(server.ca_path),
-            "subscriptions": sorted(server.state.subscriptions), "workspace_id": server.state.workspace_id}
+    info: dict[str, Any] = {"endpoint": server.endpoint, "ca": str(server.ca_path),
+                            "subscriptions": sorted(server.state.subscriptions),
+                            "workspace_id": server.state.workspace_id}
+    extras: list[Any] = []
+    if not args.no_storage:
+        # Azurite for the incident table and a managed identity, so `selinux-remediator ... --local
+        # <state-dir>/endpoint.json` runs the product against this server with its usual settings.
+        from localazure import azurite
+        from localazure.identity import IdentityEndpoint
+        from localazure.world import app_settings
+
+        try:
+            storage = azurite.start(state_dir / "azurite")
+        except RuntimeError as exc:
+            server.stop()
+            sys.stderr.write(f"serve: {exc} (or pass --no-storage)\n")
+            return 2
+        identity = IdentityEndpoint().start()
+        extras += [storage, identity]
+        info["settings"] = app_settings(server, storage, identity)
     (state_dir / "endpoint.json").write_text(json.dumps(info, indent=2) + "\n")
     sys.stdout.write(f"endpoint={server.endpoint}\nca={server.ca_path}\n")
     sys.stdout.write(f"workspace_id={server.state.workspace_id}\nstate_dir={state_dir}\n")
@@ -78,12 +101,18 @@ def serve(args: argparse.Namespace) -> int:
         pass
     finally:
         server.stop()
+        for extra in extras:
+            extra.stop()
     time.sleep(0)
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.command == "durable-host":
+        from localazure import durable
+
+        return int(durable.main(args.rest))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING,
                         format="%(asctime)s %(name)s %(message)s")
     return serve(args)

@@ -27,6 +27,21 @@ REPAIRABLE_BREAKAGES = {"selinuxtype_disabled", "selinuxtype_typo", "policy_pack
 TERMINAL = {"Completed", "Failed", "Terminated"}
 
 
+def app_settings(server: Any, storage: azurite_mod.Azurite, identity: IdentityEndpoint) -> dict[str, str]:
+    """The app settings that point the product at the local world: the same names as in Azure."""
+    state = server.state
+    return {
+        "AzureWebJobsStorage": storage.connection_string,
+        "REMEDIATION_SUBSCRIPTIONS": ",".join(sorted(state.subscriptions)),
+        "REMEDIATION_ARM_ENDPOINT": server.endpoint,
+        "REMEDIATION_LOGS_ENDPOINT": f"{server.endpoint}/v1",
+        "REMEDIATION_CA_BUNDLE": str(server.ca_path),
+        "REMEDIATION_HEARTBEAT_WORKSPACE_IDS": state.workspace_id,
+        "REMEDIATION_SWEEP_SCHEDULE": "0 */5 * * * *",
+        **identity.environment(),
+    }
+
+
 @dataclass
 class VmExpectation:
     """What the scenario says about one VM, before anything runs."""
@@ -87,18 +102,9 @@ class LocalWorld:
                                state_dir=self.state_dir, real_boot=self.real_boot or None).start()
         self.azure = testing.LocalAzureHandle(server)
         self.identity = IdentityEndpoint().start()
-        state = self.azure.state
-        subs = ",".join(state.subscriptions)
         env = {
-            "AzureWebJobsStorage": self.storage.connection_string,
-            "REMEDIATION_SUBSCRIPTIONS": subs,
-            "REMEDIATION_ARM_ENDPOINT": self.azure.endpoint,
-            "REMEDIATION_LOGS_ENDPOINT": f"{self.azure.endpoint}/v1",
-            "REMEDIATION_CA_BUNDLE": self.azure.ca_path,
-            "REMEDIATION_HEARTBEAT_WORKSPACE_IDS": state.workspace_id,
-            "REMEDIATION_SWEEP_SCHEDULE": "0 */5 * * * *",
+            **app_settings(self.azure.server, self.storage, self.identity),
             "REMEDIATION_INCIDENT_TABLE": f"{self.hub}Incidents",
-            **self.identity.environment(),
             **self.settings,
         }
         for key, value in env.items():
