@@ -261,11 +261,15 @@ class _Run:
             reason = (f"blast radius: {brake['opened_in_window']} incidents opened in "
                       f"{brake['window_minutes']} minutes ({brake['limit']})")
             log.critical("BLAST RADIUS BRAKE: %s; %s not repaired", reason, vm, extra=extra)
-            await self.suppress(incident, reason)
-            return VmOutcome(vm.id, SUPPRESSED, finding.verdict.value, incident.id, reason)
+            if not s.dry_run:
+                await self.suppress(incident, reason)
+                return VmOutcome(vm.id, SUPPRESSED, finding.verdict.value, incident.id, reason)
         if s.dry_run:
-            await self.suppress(incident, "dry run")
-            return VmOutcome(vm.id, DRY_RUN, finding.verdict.value, incident.id, "dry run: recorded, not repaired")
+            # A dry run says what a live run would do, including whether the brake would hold the repair.
+            note = f"; live, the brake would hold it ({reason})" if brake is not None else ""
+            await self.suppress(incident, "dry run" + note)
+            return VmOutcome(vm.id, DRY_RUN, finding.verdict.value, incident.id,
+                             "dry run: recorded, not repaired" + note)
         return await self.start(incident, finding)
 
     async def suppress(self, incident: Incident, reason: str) -> None:

@@ -221,6 +221,16 @@ def test_dry_run_records_and_never_repairs() -> None:
     assert w.starter.started == {}
 
 
+def test_dry_run_says_when_the_brake_would_hold_a_repair() -> None:
+    # A dry run reported brake-held VMs as "suppressed" like a live run, hiding that nothing was live.
+    w = World(REMEDIATION_DRY_RUN="true", REMEDIATION_BLAST_RADIUS_MAX_VMS="1")
+    out = w.alert(w.frozen("a"), w.frozen("b"))
+    assert [r.action for r in out.results] == [intake.DRY_RUN, intake.DRY_RUN]
+    assert "brake would hold" not in out.results[0].reason
+    assert "brake would hold" in out.results[1].reason and "blast radius" in out.results[1].reason
+    assert w.starter.started == {}
+
+
 def test_blast_radius_brake_suppresses_beyond_the_limit_loudly(caplog: pytest.LogCaptureFixture) -> None:
     w = World(REMEDIATION_BLAST_RADIUS_MAX_VMS="2", REMEDIATION_MAX_CONCURRENT_REPAIRS="10")
     ids = [w.frozen(f"vm{i}") for i in range(4)]
