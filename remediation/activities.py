@@ -136,10 +136,9 @@ def copy_os_disk(p: dict[str, Any], d: Deps) -> dict[str, Any]:
     names, original = p["names"], p["original"]
     copy_id = _disk_id(names, "copy_disk")
     existing = d.cloud.get_disk(copy_id)
-    if existing is not None:
-        if not _ours(existing.tags, p["incident_id"]):
-            return _fail(f"a disk named {names['copy_disk']} exists and does not belong to this incident")
-    else:
+    if existing is not None and not _ours(existing.tags, p["incident_id"]):
+        return _fail(f"a disk named {names['copy_disk']} exists and does not belong to this incident")
+    if existing is None or _failed(existing.provisioning_state):  # a failed copy is issued again
         source = d.cloud.get_disk(original["os_disk_id"])
         if source is None:
             return _fail(f"the OS disk {original['os_disk_id']} disappeared")
@@ -159,6 +158,11 @@ def create_rescue_vm(p: dict[str, Any], d: Deps) -> dict[str, Any]:
     if existing is not None:
         if not _ours(existing.tags, p["incident_id"]):
             return _fail(f"a VM named {names['rescue_vm']} exists and does not belong to this incident")
+        if _failed(existing.provisioning_state) or existing.provisioning_state.lower() == "deleting":
+            # Its creation failed: delete it, then the orchestrator calls this step again to create it anew.
+            if existing.provisioning_state.lower() != "deleting":
+                d.cloud.begin_delete_vm(rescue)
+            return {"ok": True, "again": True, "probe": {"kind": "gone", "type": "vm", "id": rescue.id}}
         return {"ok": True, "probe": {"kind": "vm_ready", "id": rescue.id}}
     nic = d.cloud.get_nic(_nic_id(names))
     if nic is None:
@@ -187,6 +191,16 @@ def deallocate_vm(p: dict[str, Any], d: Deps) -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ polling
 
 
+_NOT_ON_THE_WAY = {
+    PowerState.DEALLOCATED.value: (PowerState.RUNNING, PowerState.STARTING, PowerState.STOPPED),
+    PowerState.RUNNING.value: (PowerState.DEALLOCATED, PowerState.STOPPED),
+}
+
+
+def _failed(state: str) -> bool:
+    return state.lower() == "failed"
+
+
 def _check(probe: dict[str, Any], d: Deps) -> tuple[bool, str | None]:
     """(done, failure) for one probe."""
     kind = probe["kind"]
@@ -198,13 +212,15 @@ def _check(probe: dict[str, Any], d: Deps) -> tuple[bool, str | None]:
         return state == "succeeded", (f"disk {disk.name} provisioning {disk.provisioning_state}"
                                       if state in ("failed", "canceled") else None)
     if kind == "gone":
-        found: object
+        found: Any
         if probe["type"] == "vm":
             found = d.cloud.find_vm(VmRef.parse(probe["id"]))
         elif probe["type"] == "disk":
             found = d.cloud.get_disk(probe["id"])
         else:
             found = d.cloud.get_nic(probe["id"])
+        if found is not None and str(getattr(found, "provisioning_state", "")).lower() == "failed":
+            return False, f"deleting {probe['id'].rsplit('/', 1)[-1]} failed"  # delete it again
         return found is None, None
     if kind == "run_command":
         rc = d.cloud.get_run_command(VmRef.parse(probe["id"]), probe["name"])
@@ -219,6 +235,9 @@ def _check(probe: dict[str, Any], d: Deps) -> tuple[bool, str | None]:
     if kind == "vm_ready":
         return settled and info.power_state == PowerState.RUNNING and bool(info.agent_ready), None
     if kind == "vm_power":
+        # A power operation that failed leaves the VM where it was: neither at the target nor on its way.
+        if info.power_state.value != probe["state"] and info.power_state in _NOT_ON_THE_WAY.get(probe["state"], ()):
+            return False, f"VM {info.ref.name} is {info.power_state.value}, not going to {probe['state']}"
         return settled and info.power_state.value == probe["state"], None
     if kind == "vm_data_disk":
         attached = any(x.lower() == probe["disk_id"].lower() for x in info.data_disk_ids)
@@ -248,7 +267,8 @@ def attach_repair_disk(p: dict[str, Any], d: Deps) -> dict[str, Any]:
     names = p["names"]
     rescue, copy_id = _rescue_ref(names), _disk_id(names, "copy_disk")
     info = d.cloud.get_vm(rescue)
-    if not any(x.lower() == copy_id.lower() for x in info.data_disk_ids):
+    attached = any(x.lower() == copy_id.lower() for x in info.data_disk_ids)
+    if not attached or _failed(info.provisioning_state):  # a failed update is issued again
         d.cloud.begin_set_data_disk(rescue, copy_id)
     return {"ok": True, "probe": {"kind": "vm_data_disk", "id": rescue.id, "disk_id": copy_id, "attached": True}}
 
@@ -297,7 +317,8 @@ def detach_repair_disk(p: dict[str, Any], d: Deps) -> dict[str, Any]:
     names = p["names"]
     rescue, copy_id = _rescue_ref(names), _disk_id(names, "copy_disk")
     info = d.cloud.find_vm(rescue)
-    if info is not None and any(x.lower() == copy_id.lower() for x in info.data_disk_ids):
+    if info is not None and (any(x.lower() == copy_id.lower() for x in info.data_disk_ids)
+                             or _failed(info.provisioning_state)):
         d.cloud.begin_set_data_disk(rescue, None)
     return {"ok": True, "probe": {"kind": "vm_data_disk", "id": rescue.id, "disk_id": copy_id, "attached": False}}
 
@@ -314,7 +335,7 @@ def swap_os_disk(p: dict[str, Any], d: Deps) -> dict[str, Any]:
         target_id, target_name = original["os_disk_id"], original["os_disk_name"]
     probe = {"kind": "vm_os_disk", "id": vm.id, "disk_id": target_id}
     info = d.cloud.get_vm(vm)
-    if (info.os_disk_id or "").lower() == target_id.lower():
+    if (info.os_disk_id or "").lower() == target_id.lower() and not _failed(info.provisioning_state):
         return {"ok": True, "probe": probe}
     if info.power_state != PowerState.DEALLOCATED:
         return _fail(f"the VM is {info.power_state.value}, not deallocated: the OS disk cannot be swapped")

@@ -13,6 +13,7 @@ the incident; the original OS disk is kept (tagged) after a successful repair fo
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Generator
 from datetime import timedelta
 from typing import Any
@@ -20,14 +21,24 @@ from typing import Any
 from remediation import steps
 
 # Durable's RetryOptions is imported lazily so that importing this module stays cheap.
-RETRY_FIRST_INTERVAL_MS = 2_000
-RETRY_ATTEMPTS = 4
+# A throttled or briefly failing ARM call (the SDK retries each request itself first) fails the
+# activity; Durable runs it again. Throttling of a busy subscription lasts longer than four quick
+# attempts, so the budget is generous: every activity is idempotent.
+RETRY_FIRST_INTERVAL_MS = 5_000
+RETRY_ATTEMPTS = 8
+# A long-running Azure operation that ends in Failed ("internal execution error, retry later") is
+# issued again this many times in all before the step counts as failed.
+REISSUE_ATTEMPTS = 4
 
 APPROVAL_EVENT = "approval"
 
 
 class StepFailed(Exception):
     """A step ended in a way that makes the repair impossible; the message says why."""
+
+
+class OperationFailed(StepFailed):
+    """A long-running operation a step started ended in Failed; issuing it again may succeed."""
 
 
 class _Plan:
@@ -83,12 +94,33 @@ class _Plan:
         while True:
             result = yield self.call(steps.CHECK_READY, probes=probes)
             if result.get("failed"):
-                raise StepFailed(f"{what} failed: {result['failed']}")
+                raise OperationFailed(f"{what} failed: {result['failed']}")
             if result.get("done"):
                 return result
             if self.ctx.current_utc_datetime >= deadline:
                 raise StepFailed(f"{what} did not finish within {timeout_s:.0f} s (still: {result.get('pending')})")
             yield self.ctx.create_timer(self.ctx.current_utc_datetime + timedelta(seconds=interval))
+
+    def ensure(self, name: str, what: str, timeout_s: float, **args: Any) -> Generator[Any, Any, dict[str, Any]]:
+        """Start a step and wait for its end state; an operation that ended in Failed is issued again.
+
+        Every start activity is idempotent and looks at the resource first, so calling it again after
+        a failed operation re-issues exactly what is missing. A start that had to clear a failed
+        resource first says `again`: it is called once more after the probe is satisfied.
+        """
+        last = ""
+        for _ in range(REISSUE_ATTEMPTS):
+            r = _ok((yield self.call(name, **args)), what)
+            probes = [r["probe"]] if r.get("probe") else []
+            try:
+                if probes:
+                    yield from self.wait_ready(probes, what, timeout_s)
+            except OperationFailed as exc:
+                last = str(exc)
+                continue
+            if not r.get("again"):
+                return r
+        raise StepFailed(f"{what} still failing after {REISSUE_ATTEMPTS} attempts: {last}")
 
 
 def _ok(result: Any, what: str) -> dict[str, Any]:
@@ -133,14 +165,22 @@ def repair(context: Any) -> Generator[Any, Any, dict[str, Any]]:
         results = yield context.task_all(starts)
         for r, what in zip(results, ("disk copy", "rescue VM", "deallocation"), strict=False):
             _ok(r, what)
-        yield from plan.wait_ready([r["probe"] for r in results], "preparation",
-                                   timeouts.get("prepare", 1800))
+        try:
+            yield from plan.wait_ready([r["probe"] for r in results], "preparation",
+                                       timeouts.get("prepare", 1800))
+        except OperationFailed:
+            # One of the three operations ended in Failed: issue each again (the finished ones are no-ops).
+            yield from plan.ensure(steps.COPY_OS_DISK, "disk copy", timeouts.get("prepare", 1800),
+                                   original=original, names=names)
+            yield from plan.ensure(steps.CREATE_RESCUE_VM, "rescue VM", timeouts.get("prepare", 1800),
+                                   original=original, names=names)
+            if not approval:
+                yield from plan.ensure(steps.DEALLOCATE_VM, "deallocation", timeouts.get("deallocate", 900))
         yield plan.record("prepared", "OS disk copied and rescue VM ready",
                           copy_disk=names["copy_disk"], rescue_vm=names["rescue_vm"])
 
         plan.status("attach", "attaching the disk copy to the rescue VM")
-        r = _ok((yield plan.call(steps.ATTACH_REPAIR_DISK, names=names)), "attach")
-        yield from plan.wait_ready([r["probe"]], "attach", timeouts.get("attach", 600))
+        yield from plan.ensure(steps.ATTACH_REPAIR_DISK, "attach", timeouts.get("attach", 600), names=names)
 
         plan.status("repair", "running the repair script on the copy")
         r = _ok((yield plan.call(steps.START_REPAIR_SCRIPT, names=names)), "repair script start")
@@ -172,24 +212,21 @@ def repair(context: Any) -> Generator[Any, Any, dict[str, Any]]:
                 raise StepFailed(f"repair denied by {who}; nothing on the VM was changed")
             yield plan.record("approved", f"disk swap approved by {who}", state="repairing")
             plan.status("deallocate", "deallocating the VM")
-            r = _ok((yield plan.call(steps.DEALLOCATE_VM)), "deallocation")
-            yield from plan.wait_ready([r["probe"]], "deallocation", timeouts.get("deallocate", 900))
+            yield from plan.ensure(steps.DEALLOCATE_VM, "deallocation", timeouts.get("deallocate", 900))
 
         plan.status("detach", "detaching the repaired disk from the rescue VM")
-        r = _ok((yield plan.call(steps.DETACH_REPAIR_DISK, names=names)), "detach")
-        yield from plan.wait_ready([r["probe"]], "detach", timeouts.get("detach", 600))
+        yield from plan.ensure(steps.DETACH_REPAIR_DISK, "detach", timeouts.get("detach", 600), names=names)
 
         plan.status("swap", "swapping the repaired disk in as the OS disk")
         swapped = True
-        r = _ok((yield plan.call(steps.SWAP_OS_DISK, names=names, original=original, to="copy")), "swap")
-        yield from plan.wait_ready([r["probe"]], "disk swap", timeouts.get("swap", 600))
+        yield from plan.ensure(steps.SWAP_OS_DISK, "disk swap", timeouts.get("swap", 600), names=names,
+                               original=original, to="copy")
         yield plan.record("swapped", "the repaired copy is now the OS disk; the original is kept",
                           original_disk=original["os_disk_id"])
 
         plan.status("start", "starting the VM")
-        r = _ok((yield plan.call(steps.START_VM)), "start")
+        r = yield from plan.ensure(steps.START_VM, "start", timeouts.get("start", 900))
         mark = int(r.get("serial_offset", 0))
-        yield from plan.wait_ready([r["probe"]], "start", timeouts.get("start", 900))
 
         plan.status("verify", "watching the serial console for a clean boot")
         interval = float(plan.cfg.get("poll_interval_seconds", 15))
@@ -225,14 +262,12 @@ def repair(context: Any) -> Generator[Any, Any, dict[str, Any]]:
             try:
                 yield plan.record("rolling_back", f"step '{failed_step}' failed: {reason}")
                 if swapped:
-                    r = _ok((yield plan.call(steps.DEALLOCATE_VM)), "deallocation for swap back")
-                    yield from plan.wait_ready([r["probe"]], "deallocation", timeouts.get("deallocate", 900))
-                    r = yield plan.call(steps.SWAP_OS_DISK, names=names, original=original, to="original")
-                    _ok(r, "swap back")
-                    yield from plan.wait_ready([r["probe"]], "swap back", timeouts.get("swap", 600))
-                r = _ok((yield plan.call(steps.RESTORE_POWER_STATE, original=original)), "power restore")
-                if r.get("probe"):
-                    yield from plan.wait_ready([r["probe"]], "power restore", timeouts.get("start", 900))
+                    yield from plan.ensure(steps.DEALLOCATE_VM, "deallocation for swap back",
+                                           timeouts.get("deallocate", 900))
+                    yield from plan.ensure(steps.SWAP_OS_DISK, "swap back", timeouts.get("swap", 600),
+                                           names=names, original=original, to="original")
+                yield from plan.ensure(steps.RESTORE_POWER_STATE, "power restore", timeouts.get("start", 900),
+                                       original=original)
                 yield from _cleanup(plan, names, keep_copy=False)
             except Exception as cleanup_exc:  # noqa: BLE001 - recorded; the incident says what is left
                 problems.append(str(cleanup_exc))
@@ -259,9 +294,12 @@ def _describe(report: dict[str, Any]) -> str:
 
 def _cleanup(plan: _Plan, names: dict[str, Any], *, keep_copy: bool) -> Generator[Any, Any, None]:
     """Delete what the incident created: rescue VM, then its NIC and disk, and the copy unless in use."""
-    for _ in range(3):  # dependants go only once what holds them is gone (VM -> NIC, disks)
+    # Dependants go only once what holds them is gone (VM -> NIC, disks); a deletion that ended in
+    # Failed is issued again by the next round.
+    for _ in range(3 + REISSUE_ATTEMPTS):
         r = _ok((yield plan.call(steps.DELETE_RESCUE_RESOURCES, names=names, keep_copy=keep_copy)), "cleanup")
         if not r.get("probes"):
             break
-        yield from plan.wait_ready(r["probes"], "cleanup", 1800)
+        with contextlib.suppress(OperationFailed):
+            yield from plan.wait_ready(r["probes"], "cleanup", 1800)
     yield plan.record("cleaned_up", "rescue resources removed" + ("" if keep_copy else " and the disk copy deleted"))

@@ -58,7 +58,8 @@ def translate_errors(what: str) -> Iterator[None]:
             raise NotFoundError(f"{what}: not found") from exc
         if status == 409:
             raise ConflictError(f"{what}: {_message(exc)}") from exc
-        if status in (408, 429) or status >= 500:
+        # status < 400: a long-running operation whose final state was Failed ("retry later").
+        if status in (408, 429) or status >= 500 or status < 400:
             raise TransientError(f"{what}: HTTP {status}: {_message(exc)}") from exc
         raise PermanentError(f"{what}: HTTP {status}: {_message(exc)}") from exc
 
