@@ -166,16 +166,19 @@ def run_in_rescue_vm(
     extra_disks: Sequence[Path] = (),
     cache_dir: Path | None = None,
     serial_log: Path | None = None,
+    layout: images.Layout = images.Layout(),  # noqa: B008 - frozen dataclass, never mutated
 ) -> RescueResult:
     """Run `script` as root in a Debian rescue VM with `disk` attached as /dev/vdb.
 
     The rescue VM is the cached Debian image booted read-only (snapshot) without SELinux; the job
     (script, arguments, environment) travels on a small third disk (/dev/vdc), which also brings
     back stdout, stderr and the exit code. `extra_disks` are attached after it (/dev/vdd ...).
+    `layout` picks the rescue VM's own disk layout: the same as the disk under repair reproduces a
+    rescue VM of the same image (duplicate filesystem UUIDs).
     """
     if not script.is_file():
         raise QemuError(f"script {script} does not exist")
-    rescue = images.debian_image(cache_dir)
+    rescue = images.debian_image(cache_dir, layout)
     work = Path(tempfile.mkdtemp(prefix="rescue-job-"))
     try:
         tree = work / "tree"

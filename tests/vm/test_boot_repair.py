@@ -82,8 +82,8 @@ def test_mbr_xfs_debian_is_repaired_in_a_rescue_vm_and_boots_enforcing(tmp_path)
     frozen = qemu.boot(disk, image.kernel, image.initrd, cmdline=image.cmdline, until=qemu.freeze_seen, timeout=120)
     _assert_frozen(frozen, "mls")
 
-    # the rescue VM runs the same image (same XFS UUID on its own root would clash without nouuid)
-    result = qemu.run_in_rescue_vm(SCRIPT, [], disk, timeout=300,
+    # the rescue VM runs the same image: its own root has the same XFS UUID (mounting needs nouuid)
+    result = qemu.run_in_rescue_vm(SCRIPT, [], disk, timeout=300, layout=image.layout,
                                    env={"REPAIR_DEVICE": "/dev/vdb", "REPAIR_INCIDENT": "vm-test-2"})
     report = json.loads(result.stdout.strip().splitlines()[-1])
     assert result.exit_code == 0 and report["status"] == "repaired", result.stdout + result.stderr
