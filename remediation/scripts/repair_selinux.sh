@@ -183,6 +183,21 @@ disks_of_mount() {
     [ -n "$name" ] && [ -e "/sys/class/block/$name" ] && disks_under "$name"
 }
 
+# Whether a block device is mounted anywhere (by major:minor, whatever name it was mounted under).
+in_use() {
+    mm=$(cat "/sys/class/block/$(basename "$(readlink -f "$1")")/dev" 2>/dev/null) || return 1
+    awk -v mm="$mm" '$3 == mm { found = 1 } END { exit !found }' /proc/self/mountinfo
+}
+
+# Whether a whole disk (sysfs name) or any of its partitions is mounted.
+disk_in_use() {
+    in_use "/dev/$1" && return 0
+    for q in "/sys/class/block/$1/$1"*; do
+        [ -f "$q/partition" ] && in_use "/dev/$(basename "$q")" && return 0
+    done
+    return 1
+}
+
 ROOT_DISKS=$(disks_of_mount / | sort -u | tr '\n' ' ')
 
 if [ -n "$DEVICE_ARG" ]; then
@@ -202,7 +217,7 @@ else
         n=$(basename "$b")
         case $n in loop*|ram*|sr*|dm-*|md*|zram*|nbd*|fd*) continue ;; esac
         case " $ROOT_DISKS $resource " in *" $n "*) continue ;; esac
-        if grep -q "^/dev/$n" /proc/mounts; then continue; fi
+        disk_in_use "$n" && continue
         candidates="$candidates $n"
     done
     set -- $candidates
@@ -222,12 +237,6 @@ say "disk $DEVICE${INCIDENT:+ (incident $INCIDENT)}"
 [ "$DRY_RUN" = true ] && say "dry run: nothing will be changed"
 
 # ---------------------------------------------------------------- partitions and volumes
-
-# Whether a block device is mounted anywhere (by major:minor, whatever name it was mounted under).
-in_use() {
-    mm=$(cat "/sys/class/block/$(basename "$(readlink -f "$1")")/dev" 2>/dev/null) || return 1
-    awk -v mm="$mm" '$3 == mm { found = 1 } END { exit !found }' /proc/self/mountinfo
-}
 
 list_parts() {
     for p in "/sys/class/block/$DISK_NAME/$DISK_NAME"*; do
