@@ -1,0 +1,53 @@
+"""Transient ARM faults at a seeded rate on every operation: every repairable VM still heals.
+
+Throttling (429), internal errors (500), dropped connections and long-running operations that end
+in Failed are injected by the local Azure on every request with the probability RELIABILITY_FAULTS
+(default 0.2), from the seeds in RELIABILITY_SEEDS. The sweep is the periodic timer: a VM it could
+not read because of a fault is picked up by a later sweep, as in production.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable
+
+import pytest
+
+from localazure.world import LocalWorld
+from remediation import entrypoints
+from tests.reliability.conftest import fault_rate, seeds
+from tests.reliability.invariants import check_invariants, summary_line
+
+pytestmark = [pytest.mark.azurite, pytest.mark.localazure, pytest.mark.disk, pytest.mark.slow]
+
+MAX_SWEEPS = 6
+
+
+def sweep_until_all_opened(world: LocalWorld) -> None:
+    """Run the timer sweep until every repairable VM has an incident (a faulted read waits for the next)."""
+    wanted = {e.id.lower() for e in world.expectations.values() if e.repairable}
+    for _ in range(MAX_SWEEPS):
+        world.sweep()
+        opened = {i.vm.id.lower() for i in entrypoints.store().list(limit=1000)}
+        if wanted <= opened:
+            return
+    raise AssertionError(f"after {MAX_SWEEPS} sweeps still no incident for {sorted(wanted - opened)}")
+
+
+@pytest.mark.parametrize("seed", seeds())
+def test_every_repair_completes_under_transient_faults(make_world: Callable[..., LocalWorld], seed: int) -> None:
+    rate = fault_rate()
+    world = make_world(faults=rate, seed=seed)
+    sweep_until_all_opened(world)
+    world.wait_for_repairs(timeout=400)
+
+    assert world.azure is not None
+    faults = Counter(r.fault for r in world.azure.requests if r.fault)
+    if rate >= 0.1:
+        assert sum(faults.values()) >= 10, f"the fault plan injected too little to prove anything: {faults}"
+    outcome = check_invariants(world)
+    repairable = {k for k, e in world.expectations.items() if e.repairable}
+    unresolved = {i.vm.name: f"{i.state.value}: {i.reason}" for i in entrypoints.store().list(limit=1000)
+                  if i.vm.id.lower() in repairable and i.state.value != "resolved"}
+    assert not unresolved, (seed, rate, unresolved, faults)
+    assert outcome.healed == repairable, (seed, rate, summary_line(world), faults)
