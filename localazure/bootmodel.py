@@ -99,16 +99,20 @@ def parse_mode(value: str) -> str:
 
 
 def parse_config(text: str) -> tuple[str, str]:
-    """(mode, policy type) from the text of /etc/selinux/config, as libselinux reads it."""
+    """(mode, policy type) from the text of /etc/selinux/config, as libselinux reads it.
+
+    The mode (selinux_getenforcemode): the first line that starts exactly with `SELINUX=` (no leading
+    space, case-sensitive tag) and whose value libselinux recognises; lines with other values are skipped.
+    The type (init_selinux_config): leading space skipped, tag matched case-insensitively, the last line
+    wins, trailing space stripped; `targeted` only when no line names one.
+    """
     mode = "other"
     policy_type = "targeted"
     for raw in text.splitlines():
-        line = raw.strip()
-        if not line or line.startswith("#"):
-            continue
-        if line.startswith("SELINUX="):
-            mode = parse_mode(line[len("SELINUX=") :])
-        elif line.startswith("SELINUXTYPE="):
+        if mode == "other" and raw.startswith("SELINUX="):
+            mode = parse_mode(raw[len("SELINUX=") :])
+        line = raw.lstrip()
+        if line[: len("SELINUXTYPE=")].upper() == "SELINUXTYPE=":
             policy_type = line[len("SELINUXTYPE=") :].rstrip()
     return mode, policy_type
 
