@@ -20,8 +20,8 @@ Where each figure comes from:
   0.05 s x scale, every write 0.3 s x scale); CPU time of this machine is not scaled.
 - Modelled front-door time (scale 1): computed from the request counts and the latency model's figures,
   with per-VM requests spread over REMEDIATION_SWEEP_CONCURRENCY and the listing / query pages in series.
-- Peak memory: ru_maxrss of the sweep process (peak resident set) and its growth over the same process
-  just before the sweep (after imports and client set-up).
+- Peak memory: VmHWM of the sweep process (its peak resident set, from /proc/self/status) and the growth
+  over its resident set just before the sweep (after imports and client set-up).
 """
 
 from __future__ import annotations
@@ -54,7 +54,6 @@ LARGEST_SIZE_BUDGET_S = 180.0
 def _child(mode: str) -> dict[str, Any]:
     """Run in a fresh interpreter: one product sweep (dry run) or one naive sweep; print the figures."""
     import asyncio
-    import resource
     import threading
 
     from remediation import detect, entrypoints
@@ -76,7 +75,7 @@ def _child(mode: str) -> dict[str, Any]:
     cloud = entrypoints.cloud()
     if mode == "product":
         entrypoints.store()
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = _memory_kb("VmRSS")
     started = time.perf_counter()
     if mode == "product":
 
@@ -105,10 +104,19 @@ def _child(mode: str) -> dict[str, Any]:
         found = sum(1 for v in verdicts if v == "selinux_policy_failure")
         summary = {"vms_seen": len(infos), "candidates": len(infos), "confirmed": found}
     wall = time.perf_counter() - started
-    rss_after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_after = _memory_kb("VmHWM")
     return {"mode": mode, "wall_s": wall, "serial_bytes": counted["bytes"], "serial_reads": counted["reads"],
             "rss_peak_mb": rss_after / 1024, "rss_growth_mb": (rss_after - rss_before) / 1024,
             "found": found, "summary": summary}
+
+
+def _memory_kb(field: str) -> int:
+    """VmRSS / VmHWM of this process in kB. Not getrusage's ru_maxrss: Linux carries that over from the
+    parent through fork and exec, so a child of a large process would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"/proc/self/status has no {field}")
 
 
 # ---------------------------------------------------------------------------------------------- driver
@@ -156,13 +164,13 @@ class _Fleet:
                 }
                 out: dict[str, dict[str, Any]] = {}
                 for mode in modes:
-                    first = len(server.records())
+                    since = time.time()
                     proc = subprocess.run([sys.executable, "-m", "bench.bench_sweep", "--child", mode], cwd=ROOT,
                                           env=env, capture_output=True, text=True, timeout=600, check=False)
                     if proc.returncode != 0:
                         raise RuntimeError(f"{mode} sweep of {vms} VMs failed: {proc.stderr.strip()[-2000:]}")
                     figures = json.loads(proc.stdout.strip().splitlines()[-1])
-                    figures.update(_requests(server.records()[first:]))
+                    figures.update(_requests([r for r in server.records() if r.at >= since]))
                     figures["broken"] = broken
                     figures["build_s"] = build_s
                     out[mode] = figures
@@ -193,7 +201,7 @@ def _requests(records: list[Any]) -> dict[str, Any]:
         else:
             arm_reads += 1
         if r.operation in ("virtualMachines.listAll", "virtualMachines.list") or r.operation.startswith("logs."):
-            listing += 1
+            listing += not r.operation.startswith("logs.")
             serial_model += model
         else:
             per_vm_model += model
@@ -236,14 +244,14 @@ def _rows(results: dict[int, dict[str, dict[str, Any]]], skipped: str | None) ->
         if p["found"] != p["broken"] or (n and n["found"] != n["broken"]):
             how_found = f"; found {p['found']} (naive {nb('found')}) of {p['broken']} frozen"
         else:
-            how_found = f"; both found all {p['broken']} frozen VMs"
+            how_found = f"; {'both' if n else 'the sweep'} found all {p['broken']} frozen VMs"
         rows += [
             row(f"sweep {k}: ARM writes", p["arm_writes"], "requests", baseline_name=base,
                 baseline_value=nb("arm_writes"),
                 notes="POSTs (retrieveBootDiagnosticsData) from the local Azure's request log" + how_found),
             row(f"sweep {k}: ARM reads", p["arm_reads"], "requests", baseline_name=base,
                 baseline_value=nb("arm_reads"),
-                notes=f"GETs incl. {p['list_pages']} listing/query pages; plus {p['logs_queries']} Log Analytics "
+                notes=f"GETs incl. {p['list_pages']} VM-listing pages; plus {p['logs_queries']} Log Analytics "
                       f"query(s) and {p['blob_requests']} blob requests (naive: {nb('blob_requests')})"),
             row(f"sweep {k}: serial log bytes read", p["serial_bytes"], "bytes", baseline_name=base,
                 baseline_value=nb("serial_bytes"),
@@ -251,15 +259,15 @@ def _rows(results: dict[int, dict[str, dict[str, Any]]], skipped: str | None) ->
             row(f"sweep {k}: wall time", round(p["wall_s"], 2), "s", baseline_name=base,
                 baseline_value=round(n["wall_s"], 2) if n else None,
                 notes=how + f"; measured, includes this machine's CPU time (not scaled); listing the VMs took "
-                            f"{p['list_s']:.1f} s (naive {round(n['list_s'], 1) if n else None})"),
+                            f"{p['list_s']:.2f} s (naive {round(n['list_s'], 2) if n else None})"),
             row(f"sweep {k}: modelled front-door time at scale 1", round(p["modelled_s"], 1), "s",
                 baseline_name=base, baseline_value=round(n["modelled_s"], 1) if n else None,
                 notes="computed: requests x latency-model figure (read 0.05 s, write 0.3 s), per-VM requests "
                       f"over {CONCURRENCY} at once, listing pages in series"),
-            row(f"sweep {k}: peak memory (ru_maxrss)", round(p["rss_peak_mb"], 1), "MB", baseline_name=base,
+            row(f"sweep {k}: peak memory (VmHWM)", round(p["rss_peak_mb"], 1), "MB", baseline_name=base,
                 baseline_value=round(n["rss_peak_mb"], 1) if n else None,
-                notes=f"peak RSS of the sweep process; growth during the sweep {p['rss_growth_mb']:.1f} MB "
-                      f"(naive {round(n['rss_growth_mb'], 1) if n else None})"),
+                notes=f"peak resident set of the sweep process (VmHWM); growth over its RSS before the sweep "
+                      f"{p['rss_growth_mb']:.1f} MB (naive {round(n['rss_growth_mb'], 1) if n else None})"),
             row(f"sweep {k}: candidates", p["summary"]["candidates"], "VMs",
                 notes=f"{p['summary']['vms_seen']} VMs seen, {p['summary']['confirmed']} confirmed "
                       f"(agent not ready / stale heartbeat, then the serial tail)"),
