@@ -59,7 +59,7 @@ def make_world(azurite: azurite_mod.Azurite) -> Iterator[Callable[..., LocalWorl
     def make(**kw: Any) -> LocalWorld:
         settings = {**RELAXED, **kw.pop("settings", {})}
         world = LocalWorld(storage=azurite, hub=f"Rel{next(_hubs)}x{os.getpid() % 10000}", settings=settings,
-                           **{"time_scale": 0.01, **kw})
+                           **{"time_scale": 0.005, **kw})
         world.start()
         started.append(world)
         return world

@@ -57,7 +57,7 @@ class CrashRun:
     world: LocalWorld
     alert_file: Path
     targets: set[tuple[str, str]]
-    timer_scale: float = 0.01
+    timer_scale: float = 0.005
     kills: list[tuple[str, str]] = field(default_factory=list)
     boundaries: int = 0
     processes: int = 0
