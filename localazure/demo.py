@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import threading
 import time
@@ -111,6 +112,10 @@ def main(args: argparse.Namespace) -> int:
         "REMEDIATION_MAX_CONCURRENT_REPAIRS": "10",
     }
     time_scale = args.time_scale if args.time_scale is not None else (0.05 if args.real_boot else 0.01)
+    if args.real_boot:
+        # Modelled time runs at time_scale, but a qemu boot takes real seconds (minutes under emulation,
+        # several at once on a small machine): give verification ten real minutes.
+        settings["REMEDIATION_VERIFY_TIMEOUT_MINUTES"] = str(max(15, math.ceil(600 / (time_scale * 60))))
     started = time.monotonic()
     world = LocalWorld(scenario=scenario, time_scale=time_scale, faults=args.faults, seed=args.seed,
                        real_boot=args.real_boot, settings=settings)
