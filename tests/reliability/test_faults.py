@@ -14,9 +14,9 @@ from collections.abc import Callable
 import pytest
 
 from localazure.world import LocalWorld
-from remediation import entrypoints
+from remediation import entrypoints, steps
 from tests.reliability.conftest import fault_rate, seeds
-from tests.reliability.invariants import check_invariants, summary_line
+from tests.reliability.invariants import check_invariants, creates_by_name, summary_line
 
 pytestmark = [pytest.mark.azurite, pytest.mark.localazure, pytest.mark.disk, pytest.mark.slow]
 
@@ -51,3 +51,9 @@ def test_every_repair_completes_under_transient_faults(make_world: Callable[...,
                   if i.vm.id.lower() in repairable and i.state.value != "resolved"}
     assert not unresolved, (seed, rate, unresolved, faults)
     assert outcome.healed == repairable, (seed, rate, summary_line(world), faults)
+    # Retries and re-issued operations never invent names: everything created is some incident's.
+    expected: set[str] = set()
+    for inc in entrypoints.store().list(limit=1000):
+        names = steps.resource_names(inc.id, inc.vm.id)
+        expected |= {names["copy_disk"], names["rescue_vm"], names["rescue_nic"]}
+    assert {rid.rsplit("/", 1)[-1] for rid in creates_by_name(world)} <= expected
