@@ -235,8 +235,9 @@ def _check(probe: dict[str, Any], d: Deps) -> tuple[bool, str | None]:
     if kind == "vm_ready":
         return settled and info.power_state == PowerState.RUNNING and bool(info.agent_ready), None
     if kind == "vm_power":
-        # A power operation that failed leaves the VM where it was: neither at the target nor on its way.
-        if info.power_state.value != probe["state"] and info.power_state in _NOT_ON_THE_WAY.get(probe["state"], ()):
+        # A power operation that failed leaves the VM settled where it was: neither at the target nor on
+        # its way (while the operation runs, ARM reports provisioning Updating, so this never fires early).
+        if settled and info.power_state in _NOT_ON_THE_WAY.get(probe["state"], ()):
             return False, f"VM {info.ref.name} is {info.power_state.value}, not going to {probe['state']}"
         return settled and info.power_state.value == probe["state"], None
     if kind == "vm_data_disk":
