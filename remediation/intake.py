@@ -38,6 +38,7 @@ from remediation.incidents import (
     Incident,
     IncidentStore,
     iso,
+    parse_iso,
 )
 from remediation.model import (
     ConflictError,
@@ -71,6 +72,7 @@ OBSERVED = "observed"
 IGNORED = "ignored"
 OUT_OF_SCOPE = "out_of_scope"
 OPTED_OUT = "opted_out"
+BACKED_OFF = "backed_off"
 
 _BOOTING = (PowerState.RUNNING, PowerState.STARTING, PowerState.UNKNOWN)
 _QUEUE_SCAN_LIMIT = 1000
@@ -188,6 +190,7 @@ class _Run:
         self.reads = asyncio.Semaphore(settings.sweep_concurrency)
         self.start_lock = asyncio.Lock()
         self.open_lock = asyncio.Lock()
+        self._failures: dict[str, Incident] | None = None
         self.started_here = 0
         self.brake: dict[str, Any] | None = None
 
@@ -246,6 +249,15 @@ class _Run:
                 hint = " (set REMEDIATION_REPAIR_POLICY_MISSING=true to repair this too)"
             return VmOutcome(vm.id, OBSERVED, finding.verdict.value, reason=(finding.reason or "not repaired") + hint)
 
+        failed = await self.recent_failure(vm)
+        if failed is not None:
+            # Repairing again what just failed would only cycle the VM through the same rollback.
+            until = parse_iso(failed.updated_at) + timedelta(hours=s.retry_after_failure_hours)
+            return VmOutcome(vm.id, BACKED_OFF, finding.verdict.value, failed.id,
+                             f"the last repair (incident {failed.id}) ended {failed.state.value}: "
+                             f"{failed.reason or 'see its timeline'}; not retried before {iso(until)} "
+                             "(REMEDIATION_RETRY_AFTER_FAILURE_HOURS); repair it by hand")
+
         # Opening and counting are one step per delivery, so the first N incidents go ahead and the rest
         # are braked, in a stable order. Concurrent deliveries can only over-count (brake sooner), never under.
         async with self.open_lock:
@@ -271,6 +283,23 @@ class _Run:
             return VmOutcome(vm.id, DRY_RUN, finding.verdict.value, incident.id,
                              "dry run: recorded, not repaired" + note)
         return await self.start(incident, finding)
+
+    async def recent_failure(self, vm: VmRef) -> Incident | None:
+        """The VM's newest repair that failed or was rolled back within the retry window, if any."""
+        hours = self.settings.retry_after_failure_hours
+        if hours <= 0:
+            return None
+        async with self.open_lock:
+            if self._failures is None:
+                since = self.now - timedelta(hours=hours)
+                found: dict[str, Incident] = {}
+                for state in (IncidentState.FAILED, IncidentState.ROLLED_BACK):
+                    for inc in await self.call(self.store.list, state, 1000):
+                        if parse_iso(inc.updated_at) >= since and (
+                                inc.vm.key not in found or inc.updated_at > found[inc.vm.key].updated_at):
+                            found[inc.vm.key] = inc
+                self._failures = found
+        return self._failures.get(vm.key)
 
     async def suppress(self, incident: Incident, reason: str) -> None:
         try:

@@ -16,6 +16,7 @@ Every setting is an app setting of the Function App (or a `Values` entry of loca
 | REMEDIATION_BLAST_RADIUS_MAX_PERCENT | 10 | ... or this % of the VMs in scope (when known; at least 1 VM). |
 | REMEDIATION_BLAST_RADIUS_WINDOW_MINUTES | 60 | The blast radius window. |
 | REMEDIATION_MAX_CONCURRENT_REPAIRS | 3 | Repairs running at once; more are queued for the next sweep. |
+| REMEDIATION_RETRY_AFTER_FAILURE_HOURS | 24 | After a failed repair, wait this long before another (0: none). |
 | REMEDIATION_SWEEP_CONCURRENCY | 8 | Serial logs read at once. |
 | REMEDIATION_HEARTBEAT_WORKSPACE_IDS | (none) | Log Analytics workspace GUIDs, comma-separated. |
 | REMEDIATION_HEARTBEAT_STALE_MINUTES | 15 | A heartbeat older than this makes a VM a candidate. |
@@ -111,6 +112,7 @@ class Settings:
     blast_radius_max_vms: int = 5
     blast_radius_max_percent: float = 10.0
     blast_radius_window_minutes: int = 60
+    retry_after_failure_hours: int = 24
     max_concurrent_repairs: int = 3
     sweep_concurrency: int = 8
     heartbeat_workspace_ids: tuple[str, ...] = ()
@@ -203,6 +205,7 @@ class Settings:
             blast_radius_max_vms=e.integer("REMEDIATION_BLAST_RADIUS_MAX_VMS", 5, 1, 10000),
             blast_radius_max_percent=e.number("REMEDIATION_BLAST_RADIUS_MAX_PERCENT", 10.0, 0.0, 100.0),
             blast_radius_window_minutes=e.integer("REMEDIATION_BLAST_RADIUS_WINDOW_MINUTES", 60, 1, 30 * 24 * 60),
+            retry_after_failure_hours=e.integer("REMEDIATION_RETRY_AFTER_FAILURE_HOURS", 24, 0, 30 * 24),
             max_concurrent_repairs=e.integer("REMEDIATION_MAX_CONCURRENT_REPAIRS", 3, 1, 1000),
             sweep_concurrency=e.integer("REMEDIATION_SWEEP_CONCURRENCY", 8, 1, 256),
             heartbeat_workspace_ids=tuple(

@@ -166,7 +166,7 @@ class AzureCloud:
     """RepairCloud and VmReader over the Azure management SDKs and the boot-diagnostics blob."""
 
     def __init__(self, credential: TokenCredential, *, arm_endpoint: str | None = None,
-                 ca_bundle: str | None = None, polling_interval: float = 5.0) -> None:
+                 ca_bundle: str | None = None, polling_interval: float = 1.0) -> None:
         self._credential = credential
         self._arm = arm_endpoint.rstrip("/") if arm_endpoint else None
         self._verify: Any = ca_bundle or True
@@ -319,7 +319,8 @@ class AzureCloud:
         if all(current.tags.get(k) == v for k, v in tags.items()):
             return
         with translate_errors(f"tag disk {name}"):
-            self.compute(sub).disks.begin_update(rg, name, {"tags": {**current.tags, **tags}}).result()
+            # Started, not awaited: the swap does not depend on it, and a tag is metadata only.
+            self.compute(sub).disks.begin_update(rg, name, {"tags": {**current.tags, **tags}}, polling=False)
 
     def begin_delete_disk(self, disk_id: str) -> None:
         sub, rg, name = parse_id(disk_id)

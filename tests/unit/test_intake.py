@@ -487,3 +487,23 @@ def test_dry_run_alert_never_touches_azure() -> None:
     summary = intake.dry_run_alert(alert(vm_id("a"), vm_id("a").upper().replace("/SUBSCRIPTIONS/", "/subscriptions/")),
                                    max_bytes=1 << 20)
     assert summary == {"kind": "common_alert", "targets": [vm_id("a")], "ignored": [], "monitor_condition": "Fired"}
+
+
+def test_a_vm_whose_repair_failed_is_not_retried_within_the_window() -> None:
+    # A VM the repair cannot heal was opened, repaired and rolled back again on every sweep.
+    w = World()
+    vm = w.frozen("stubborn")
+    first = only(w.alert(vm))
+    assert first.action == intake.REPAIR_STARTED
+    w.store.transition(first.incident_id or "", IncidentState.ROLLED_BACK, expected=None,
+                       event=TimelineEvent(at=NOW.isoformat(), kind="rolled_back", message="did not boot"),
+                       reason="the repaired disk did not boot")
+    again = only(w.alert(vm, now=NOW + timedelta(hours=1)))
+    assert again.action == intake.BACKED_OFF
+    assert again.incident_id == first.incident_id and "did not boot" in again.reason
+    assert "REMEDIATION_RETRY_AFTER_FAILURE_HOURS" in again.reason
+    assert w.sweep(now=NOW + timedelta(hours=2)).started == 0
+    assert len(w.starter.started) == 1
+    # After the window the VM gets one more attempt.
+    later = only(w.alert(vm, now=NOW + timedelta(hours=25)))
+    assert later.action == intake.REPAIR_STARTED
