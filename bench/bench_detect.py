@@ -11,11 +11,9 @@ weeks. `grep -c` for the systemd message on the same file is the baseline: what 
 from __future__ import annotations
 
 import json
-import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import row  # noqa: E402
+from bench.common import median_seconds, row  # noqa: E402
 from remediation import detect  # noqa: E402
 from remediation.model import Verdict  # noqa: E402
 
@@ -36,12 +34,7 @@ MB = 1024 * 1024
 
 
 def _median_seconds(fn: Callable[[], object], runs: int = RUNS) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return median_seconds(fn, runs)
 
 
 def _write_log(path: Path, earlier_mb: int) -> int:

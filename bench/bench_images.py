@@ -13,12 +13,10 @@ from __future__ import annotations
 
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,21 +24,13 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.common import row  # noqa: E402
+from bench.common import median_seconds, row  # noqa: E402
 from localazure import images  # noqa: E402
 
 SCRIPT = ROOT / "remediation" / "scripts" / "repair_selinux.sh"
 CONFIG = "/etc/selinux/config"
 READS = 20
 
-
-def _median(fn: Callable[[], object], runs: int) -> float:
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
 
 
 def _mount_read(disk: Path) -> bytes:
@@ -101,8 +91,8 @@ def run() -> list[dict[str, Any]]:
             disk = images.build_disk(Path(tmp) / f"{layout.name}.raw", tree, layout)
             built = time.perf_counter() - start
             images.read_file(disk, CONFIG)
-            fast = _median(lambda d=disk: images.read_file(d, CONFIG), READS)  # type: ignore[misc]
-            slow = _median(lambda d=disk: _mount_read(d), READS)  # type: ignore[misc]
+            fast = median_seconds(lambda d=disk: images.read_file(d, CONFIG), READS)  # type: ignore[misc]
+            slow = median_seconds(lambda d=disk: _mount_read(d), READS)  # type: ignore[misc]
             rows.append(row(f"read_file {layout.name}", round(fast * 1000, 1), "ms",
                             baseline_name="loop mount + read + umount", baseline_value=round(slow * 1000, 1),
                             notes=f"median of {READS}; " + ("debugfs (stat + cat) at the partition offset, no mount"
@@ -110,7 +100,7 @@ def run() -> list[dict[str, Any]]:
                                                            "read-only mount of the LV found from LVM2 metadata")))
             rows.append(row(f"build_disk {layout.name} (512 MiB, sparse)", round(built, 2), "s",
                             notes="selinux_tree test root; partitions made as files, no device-mapper"))
-            repair = _median(lambda d=disk: _repair_seconds(d), 3)  # type: ignore[misc]
+            repair = median_seconds(lambda d=disk: _repair_seconds(d), 3)  # type: ignore[misc]
             rows.append(row(f"repair_selinux.sh {layout.name} on a loop device", round(repair, 2), "s",
                             notes="median of 3: partx, (LVM mapping,) mount, edit in place, sync, clean-up"))
     if os.environ.get("BENCH_BOOT") == "1":

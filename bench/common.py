@@ -24,6 +24,16 @@ def median_of(fn: Callable[[], float], runs: int) -> float:
     return statistics.median(fn() for _ in range(runs))
 
 
+def median_seconds(fn: Callable[[], object], runs: int) -> float:
+    """Median wall time of `runs` calls of fn."""
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def python_seconds(code: str, *, cwd: str | None = None) -> float:
     """Wall time of a fresh interpreter running `code` (what a cold start pays)."""
     start = time.perf_counter()
