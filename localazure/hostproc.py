@@ -74,8 +74,8 @@ class BoundaryReporter:
             task = details.get("task_id")
             self.out.write(f"boundary {self.count} {point} {instance_id} {name} {'-' if task is None else task}\n")
             self.out.flush()
-            if self.pause and not self.inp.readline():
-                os._exit(3)  # the parent went away: stop here rather than run on unobserved
+            if self.pause and not self.inp.readline() and self.pause:
+                os._exit(3)  # the parent went away mid-run: stop here rather than run on unobserved
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         if instances and all(i["runtimeStatus"] in TERMINAL for i in instances):
             break
         time.sleep(0.1)
+    reporter.pause = False  # boundaries reached while stopping are reported, not waited on
     print("done " + json.dumps({i["instanceId"]: i["runtimeStatus"] for i in instances}), flush=True)
     host.stop()
     return 0

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,13 +85,18 @@ class CrashRun:
             first = False
             assert proc.stdin is not None and proc.stdout is not None
             killed = False
-            for line in proc.stdout:
-                assert time.monotonic() < deadline, f"no completion within {timeout} s; kills so far {self.kills}"
+            for line in lines_of(proc, deadline, self.kills):
                 parts = line.split()
                 if parts and parts[0] == "alert":
                     assert parts[1] == "202" and "repair_started" in line, line
                 if parts and parts[0] == "done":
-                    proc.wait(timeout=30)
+                    proc.stdin.close()  # nothing more to acknowledge: the host stops unpaused
+                    try:
+                        proc.wait(timeout=30)
+                    except subprocess.TimeoutExpired:
+                        proc.kill()
+                        proc.wait(timeout=30)
+                        raise AssertionError("the host said done but did not exit") from None
                     return line
                 if not parts or parts[0] != "boundary":
                     continue
@@ -120,6 +127,29 @@ class CrashRun:
             if not killed:
                 proc.wait(timeout=30)
                 raise AssertionError(f"the host exited ({proc.returncode}) before the repair ended")
+
+
+def lines_of(proc: subprocess.Popen[str], deadline: float, kills: list[tuple[str, str]]) -> Iterator[str]:
+    """The child's stdout lines, read by a thread so that a silent child fails the test instead of hanging it."""
+    assert proc.stdout is not None
+    out: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            out.put(line)
+        out.put(None)
+
+    threading.Thread(target=pump, daemon=True, name="hostproc-stdout").start()
+    while True:
+        try:
+            line = out.get(timeout=max(0.1, deadline - time.monotonic()))
+        except queue.Empty:
+            proc.kill()
+            raise AssertionError(f"the repair did not complete in time; kills so far {kills}") from None
+        if line is None:
+            return
+        yield line
 
 
 def targets_for(points: tuple[str, ...]) -> set[tuple[str, str]]:
