@@ -328,12 +328,16 @@ def swap_os_disk(p: dict[str, Any], d: Deps) -> dict[str, Any]:
     """Make the copy (or, on rollback, the original) the VM's OS disk. The VM must be deallocated."""
     names, original = p["names"], p["original"]
     vm = VmRef.parse(p["vm_id"])
+    ours = steps.tags_for(p["incident_id"], p["vm_id"], steps.ROLE_ORIGINAL)
     if p["to"] == "copy":
         target_id, target_name = _disk_id(names, "copy_disk"), names["copy_disk"]
-        d.cloud.merge_disk_tags(original["os_disk_id"],
-                                steps.tags_for(p["incident_id"], p["vm_id"], steps.ROLE_ORIGINAL))
+        d.cloud.update_disk_tags(original["os_disk_id"], add=ours)
     else:
+        # Rolling back: the original is the OS disk again, so it loses the marks this incident gave it.
         target_id, target_name = original["os_disk_id"], original["os_disk_name"]
+        disk = d.cloud.get_disk(target_id)
+        if disk is not None and _ours(disk.tags, p["incident_id"]):
+            d.cloud.update_disk_tags(target_id, add={}, remove=list(ours))
     probe = {"kind": "vm_os_disk", "id": vm.id, "disk_id": target_id}
     info = d.cloud.get_vm(vm)
     if (info.os_disk_id or "").lower() == target_id.lower() and not _failed(info.provisioning_state):

@@ -6,7 +6,7 @@ holds state. Nothing here imports an Azure SDK.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from datetime import timedelta
 from typing import Any, Protocol
 
@@ -59,7 +59,9 @@ class RepairCloud(VmReader, Protocol):
     def begin_copy_disk(self, source: DiskInfo, subscription_id: str, resource_group: str, name: str,
                         tags: dict[str, str]) -> None: ...
 
-    def merge_disk_tags(self, disk_id: str, tags: dict[str, str]) -> None: ...
+    def update_disk_tags(self, disk_id: str, *, add: dict[str, str], remove: Collection[str] = ()) -> None:
+        """Add and remove tags on a disk, keeping every other tag."""
+        ...
 
     def begin_delete_disk(self, disk_id: str) -> None: ...
 

@@ -7,6 +7,7 @@ the resulting state, so tests assert on it rather than on which calls were made.
 from __future__ import annotations
 
 import copy
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -119,9 +120,9 @@ class FakeCloud:
             raise ConflictError(name)
         self.disks[new.id.lower()] = new
 
-    def merge_disk_tags(self, disk_id: str, tags: dict[str, str]) -> None:
+    def update_disk_tags(self, disk_id: str, *, add: dict[str, str], remove: Collection[str] = ()) -> None:
         d = self.disks[disk_id.lower()]
-        self.disks[disk_id.lower()] = replace(d, tags={**d.tags, **tags})
+        self.disks[disk_id.lower()] = replace(d, tags={k: v for k, v in d.tags.items() if k not in remove} | add)
 
     def begin_delete_disk(self, disk_id: str) -> None:
         d = self.disks[disk_id.lower()]

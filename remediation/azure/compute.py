@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from typing import Any
 
 from azure.core.credentials import TokenCredential
@@ -311,16 +311,17 @@ class AzureCloud:
         with translate_errors(f"copy disk {src_name} to {name}"):
             self.compute(subscription_id).disks.begin_create_or_update(resource_group, name, body, polling=False)
 
-    def merge_disk_tags(self, disk_id: str, tags: dict[str, str]) -> None:
+    def update_disk_tags(self, disk_id: str, *, add: dict[str, str], remove: Collection[str] = ()) -> None:
         sub, rg, name = parse_id(disk_id)
         current = self.get_disk(disk_id)
         if current is None:
             raise NotFoundError(f"disk {name} not found")
-        if all(current.tags.get(k) == v for k, v in tags.items()):
+        tags = {k: v for k, v in current.tags.items() if k not in remove} | add
+        if tags == current.tags:
             return
         with translate_errors(f"tag disk {name}"):
             # Started, not awaited: the swap does not depend on it, and a tag is metadata only.
-            self.compute(sub).disks.begin_update(rg, name, {"tags": {**current.tags, **tags}}, polling=False)
+            self.compute(sub).disks.begin_update(rg, name, {"tags": tags}, polling=False)
 
     def begin_delete_disk(self, disk_id: str) -> None:
         sub, rg, name = parse_id(disk_id)

@@ -132,7 +132,10 @@ def test_a_swapped_disk_that_does_not_boot_is_swapped_back(world: World) -> None
     # The repaired copy was made by the incident and is deleted on rollback; the original stays.
     names = steps.resource_names(incident.id, vm.id)
     assert world.cloud.get_disk(disk_id(names["copy_disk"])) is None
-    assert world.cloud.get_disk(before.os_disk_id or "") is not None
+    original = world.cloud.get_disk(before.os_disk_id or "")
+    assert original is not None
+    # Back as the OS disk, the original no longer carries the incident's marks.
+    assert steps.TAG_INCIDENT not in original.tags and steps.TAG_ROLE not in original.tags
 
 
 def test_already_valid_config_changes_nothing(world: World) -> None:

@@ -87,8 +87,9 @@ def evaluate(world: LocalWorld, before: dict[str, Snapshot]) -> Outcome:
         if steps.TAG_INCIDENT not in disk.tags:
             continue
         role = disk.tags.get(steps.TAG_ROLE)
-        if role == steps.ROLE_ORIGINAL and disk.id.lower() in world.preexisting_disks:
-            continue  # the original, kept for rollback
+        if role == steps.ROLE_ORIGINAL and disk.id.lower() in world.preexisting_disks \
+                and disk.id.lower() not in os_disks:
+            continue  # the original, kept for rollback (after a rollback it must have lost the marks)
         if role == steps.ROLE_COPY and disk.id.lower() in os_disks:
             continue  # the repaired copy, now serving as the OS disk
         out.problems.append(f"orphaned disk {disk.id} (role {role}, managed by {disk.managed_by})")
