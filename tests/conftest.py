@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
@@ -21,6 +23,38 @@ def azurite(tmp_path_factory: pytest.TempPathFactory) -> Iterator[azurite_mod.Az
 @pytest.fixture
 def storage_connection_string(azurite: azurite_mod.Azurite) -> str:
     return azurite.connection_string
+
+
+# Small worlds keep the blast-radius brake out of the way unless a test is about it.
+RELAXED = {"REMEDIATION_BLAST_RADIUS_MAX_VMS": "50", "REMEDIATION_BLAST_RADIUS_MAX_PERCENT": "90",
+           "REMEDIATION_MAX_CONCURRENT_REPAIRS": "10"}
+_hubs = itertools.count(1)
+
+
+@pytest.fixture
+def world_time_scale() -> float:
+    """Modelled seconds -> real seconds for local worlds (a tier's conftest may choose another)."""
+    return 0.01
+
+
+@pytest.fixture
+def make_world(azurite: azurite_mod.Azurite, world_time_scale: float) -> Iterator[Callable[..., Any]]:
+    """Start a local world on a fresh task hub and incident table of the session's Azurite."""
+    from localazure.world import LocalWorld
+
+    started: list[LocalWorld] = []
+
+    def make(**kw: Any) -> LocalWorld:
+        settings = {**RELAXED, **kw.pop("settings", {})}
+        world = LocalWorld(storage=azurite, hub=f"W{next(_hubs)}x{os.getpid() % 10000}", settings=settings,
+                           **{"time_scale": world_time_scale, **kw})
+        world.start()
+        started.append(world)
+        return world
+
+    yield make
+    for world in reversed(started):
+        world.stop()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -6,24 +6,12 @@ values kept in the repository, so the suite can be run with seeds and rates nobo
 
 from __future__ import annotations
 
-import itertools
 import os
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 
-from localazure import azurite as azurite_mod
-from localazure.world import LocalWorld
-
 DEFAULT_SEEDS = (11, 23)
 DEFAULT_FAULT_RATE = 0.2
-
-# Small worlds keep the blast-radius brake out of the way: it has its own tests.
-RELAXED = {"REMEDIATION_BLAST_RADIUS_MAX_VMS": "50", "REMEDIATION_BLAST_RADIUS_MAX_PERCENT": "90",
-           "REMEDIATION_MAX_CONCURRENT_REPAIRS": "10"}
-
-_hubs = itertools.count(1)
 
 
 def seeds() -> list[int]:
@@ -52,18 +40,5 @@ def fault_rate() -> float:
 
 
 @pytest.fixture
-def make_world(azurite: azurite_mod.Azurite) -> Iterator[Callable[..., LocalWorld]]:
-    """Start a local world on a fresh task hub and incident table of the shared Azurite."""
-    started: list[LocalWorld] = []
-
-    def make(**kw: Any) -> LocalWorld:
-        settings = {**RELAXED, **kw.pop("settings", {})}
-        world = LocalWorld(storage=azurite, hub=f"Rel{next(_hubs)}x{os.getpid() % 10000}", settings=settings,
-                           **{"time_scale": 0.005, **kw})
-        world.start()
-        started.append(world)
-        return world
-
-    yield make
-    for world in reversed(started):
-        world.stop()
+def world_time_scale() -> float:
+    return 0.005
