@@ -269,7 +269,12 @@ class LocalAzure:
             time.sleep(self.latency.seconds("write" if write else "read")
                        + self.latency.scaled(decision.extra_latency if decision else 0.0))
         fault = decision.fault if decision else None
-        if fault == "throttle":
+        if fault in ("throttle", "server_error") and name.startswith("blob"):
+            # Azure Storage throttles with 503 ServerBusy (never 429) and answers errors in XML.
+            resp = (self._storage_error(503, "ServerBusy", "The server is busy.") if fault == "throttle" else
+                    self._storage_error(500, "InternalError", "The server encountered an internal error. "
+                                        "Please retry the request."))
+        elif fault == "throttle":
             resp = _json(429, ArmError(429, "TooManyRequests",
                                        "The request is being throttled; retry after the interval in Retry-After.")
                          .body(), {"Retry-After": self.latency.throttle_retry_after()})

@@ -12,9 +12,11 @@ resulting state through durable timers instead of blocking an activity.
 from __future__ import annotations
 
 import contextlib
+import logging
 import threading
-from collections.abc import Collection, Iterable, Iterator
-from typing import Any
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator
+from typing import Any, TypeVar
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
@@ -39,6 +41,10 @@ from remediation.model import (
 )
 
 RESCUE_ADMIN = "rescueadmin"
+READ_ATTEMPTS = 3
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -166,11 +172,12 @@ class AzureCloud:
     """RepairCloud and VmReader over the Azure management SDKs and the boot-diagnostics blob."""
 
     def __init__(self, credential: TokenCredential, *, arm_endpoint: str | None = None,
-                 ca_bundle: str | None = None, polling_interval: float = 1.0) -> None:
+                 ca_bundle: str | None = None, polling_interval: float = 1.0, read_backoff: float = 1.0) -> None:
         self._credential = credential
         self._arm = arm_endpoint.rstrip("/") if arm_endpoint else None
         self._verify: Any = ca_bundle or True
         self._polling_interval = polling_interval
+        self._read_backoff = read_backoff
         self._lock = threading.Lock()
         self._compute: dict[str, Any] = {}
         self._network: dict[str, Any] = {}
@@ -413,27 +420,53 @@ class AzureCloud:
         if not url:
             raise PermanentError(f"boot diagnostics are off for {vm}: enable them to let the product read the "
                                  "serial console")
-        return BlobClient.from_blob_url(url, connection_verify=self._verify)
+        # The storage SDK's default back-off starts at 15 s; a serial log is small and a sweep has
+        # many to read, so retry sooner and let the whole read be retried below.
+        return BlobClient.from_blob_url(url, connection_verify=self._verify, retry_total=2,
+                                        initial_backoff=self._read_backoff, increment_base=2)
+
+    def _read_retrying(self, what: str, read: Callable[[], T]) -> T:
+        """Run a read-only call again on transient errors, a few times with a growing pause.
+
+        The SDKs retry throttling and server errors themselves, but not a connection dropped while a
+        POST (retrieveBootDiagnosticsData) was answered; this read is side-effect free, so retrying
+        it is safe, and a VM missed now would otherwise wait for the next sweep.
+        """
+        for attempt in range(READ_ATTEMPTS):
+            try:
+                return read()
+            except TransientError:
+                if attempt == READ_ATTEMPTS - 1:
+                    raise
+                log.info("%s: transient error, reading again (attempt %d of %d)", what, attempt + 2, READ_ATTEMPTS)
+                time.sleep(self._read_backoff * (2 ** attempt))
+        raise AssertionError("unreachable")
 
     def serial_log_size(self, vm: VmRef) -> int:
-        blob = self._serial_blob(vm)
-        try:
-            with translate_errors(f"serial log of {vm}"):
-                return int(blob.get_blob_properties().size)
-        except NotFoundError:
-            return 0  # no boot has written to it yet
+        def read() -> int:
+            blob = self._serial_blob(vm)
+            try:
+                with translate_errors(f"serial log of {vm}"):
+                    return int(blob.get_blob_properties().size)
+            except NotFoundError:
+                return 0  # no boot has written to it yet
+
+        return self._read_retrying(f"serial log of {vm}", read)
 
     def read_serial_from(self, vm: VmRef, offset: int, max_bytes: int) -> bytes:
-        blob = self._serial_blob(vm)
-        try:
-            with translate_errors(f"serial log of {vm}"):
-                size = int(blob.get_blob_properties().size)
-                start = max(offset, size - max_bytes, 0)
-                if start >= size:
-                    return b""
-                return bytes(blob.download_blob(offset=start, length=size - start).readall())
-        except NotFoundError:
-            return b""
+        def read() -> bytes:
+            blob = self._serial_blob(vm)
+            try:
+                with translate_errors(f"serial log of {vm}"):
+                    size = int(blob.get_blob_properties().size)
+                    start = max(offset, size - max_bytes, 0)
+                    if start >= size:
+                        return b""
+                    return bytes(blob.download_blob(offset=start, length=size - start).readall())
+            except NotFoundError:
+                return b""
+
+        return self._read_retrying(f"serial log of {vm}", read)
 
     def read_serial_tail(self, vm: VmRef, max_bytes: int) -> bytes:
         return self.read_serial_from(vm, 0, max_bytes)
