@@ -79,3 +79,13 @@ def _register_activity(name: str) -> None:
 
 for _name in steps.ALL_ACTIVITIES:
     _register_activity(_name)
+
+
+@app.function_name(steps.START_QUEUED)
+@app.activity_trigger(input_name="payload")
+@app.durable_client_input(client_name="client")
+async def start_queued_repairs(payload: dict[str, Any], client: df.DurableOrchestrationClient) -> dict[str, Any]:
+    """Called as a repair ends: starts the repairs the concurrency cap held back."""
+    from remediation import entrypoints
+
+    return await entrypoints.start_queued_repairs(payload, client)

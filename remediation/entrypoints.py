@@ -122,8 +122,9 @@ class DurableStarter:
 
     RUNNING = ("Pending", "Running", "ContinuedAsNew")
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, *, ending: str | None = None) -> None:
         self._client = client
+        self._ending = ending  # a repair that is finishing and no longer holds a slot
 
     async def start_repair(self, instance_id: str, payload: dict[str, Any]) -> bool:
         existing = await self._client.get_status(instance_id)
@@ -141,7 +142,21 @@ class DurableStarter:
         import azure.durable_functions as df
 
         statuses = [df.OrchestrationRuntimeStatus.Running, df.OrchestrationRuntimeStatus.Pending]
-        return len(await self._client.get_status_by(runtime_status=statuses))
+        running = await self._client.get_status_by(runtime_status=statuses)
+        return sum(1 for st in running if getattr(st, "instance_id", None) != self._ending
+                   and not _finishing(getattr(st, "custom_status", None)))
+
+
+def _finishing(custom_status: Any) -> bool:
+    """The repair recorded its outcome and is only handing its slot on: it no longer counts."""
+    from remediation.orchestration import FINAL_STEPS
+
+    if isinstance(custom_status, str):
+        try:
+            custom_status = json.loads(custom_status)
+        except ValueError:
+            return False
+    return isinstance(custom_status, dict) and custom_status.get("step") in FINAL_STEPS
 
 
 # ------------------------------------------------------------------------------------------ HTTP
@@ -229,6 +244,17 @@ async def approve_repair(req: func.HttpRequest, client: Any) -> func.HttpRespons
 
 
 # ------------------------------------------------------------------------------------------ activities
+
+
+async def start_queued_repairs(payload: dict[str, Any], client: Any) -> dict[str, Any]:
+    """A repair has ended: start the repairs the concurrency cap held back, oldest first."""
+    from remediation import intake
+
+    ending = str(payload.get("instance_id") or "") or None
+    results = await intake.start_queued(settings=settings(), vms=_Lazy(cloud), store=store(),
+                                        starter=DurableStarter(client, ending=ending), now=_now())
+    return {"results": [r.to_dict() for r in results],
+            "started": sum(1 for r in results if r.action == intake.REPAIR_STARTED)}
 
 
 def run_activity(name: str, payload: dict[str, Any]) -> dict[str, Any]:

@@ -95,7 +95,7 @@ class Incident:
 
     @property
     def is_queued(self) -> bool:
-        """Held back by the concurrency cap: the next sweep starts it."""
+        """Held back by the concurrency cap: started when a running repair ends (or by the next sweep)."""
         return self.awaiting_start and self.reason.startswith(QUEUED_REASON_PREFIX)
 
     def to_dict(self) -> dict[str, Any]:

@@ -12,7 +12,8 @@ Both paths end in the same per-VM decision, in this order, each step cheaper tha
 5. the store opens the incident (at most one open per VM, whatever races);
 6. blast radius brake: more incidents opened within the window than allowed -> SUPPRESSED, loudly;
 7. dry run -> SUPPRESSED with reason "dry run" (recorded and reported, never repaired);
-8. concurrency cap: too many repairs running -> left DETECTED (queued; the next sweep starts it);
+8. concurrency cap: too many repairs running -> left DETECTED (queued; started as soon as a running
+   repair ends, or by the next sweep);
 9. the repair orchestration is started with an instance id derived from the incident id, so a
    second start is refused by the durable runtime rather than repairing twice.
 """
@@ -347,7 +348,7 @@ class _Run:
             running = max(await self.starter.running_repairs(), self.started_here)
             if running >= s.max_concurrent_repairs:
                 reason = (f"{QUEUED_REASON_PREFIX} {running} repairs running (REMEDIATION_MAX_CONCURRENT_REPAIRS="
-                          f"{s.max_concurrent_repairs}); the next sweep starts it")
+                          f"{s.max_concurrent_repairs}); it starts when one of them ends")
                 if not incident.is_queued:
                     await self.call(
                         self.store.transition, incident.id, IncidentState.DETECTED,
@@ -417,7 +418,7 @@ class _Run:
             outcome = await self.start(incident)
             results.append(outcome)
             if outcome.action == QUEUED:
-                break  # still at the cap: the rest wait for the next sweep
+                break  # still at the cap: the rest wait for the next repair to end
         return results
 
 
@@ -525,6 +526,22 @@ async def sweep(
         outcome.vms_seen, outcome.candidates, outcome.confirmed, outcome.started, outcome.suppressed, outcome.queued,
     )
     return outcome
+
+
+async def start_queued(
+    *,
+    settings: Settings,
+    vms: VmReader,
+    store: IncidentStore,
+    starter: RepairStarter,
+    now: datetime,
+) -> list[VmOutcome]:
+    """Start queued repairs now that a slot is free (called as a repair ends), oldest first."""
+    run = _Run(settings=settings, vms=vms, store=store, starter=starter, now=now, source="queue")
+    results = await run.start_queued()
+    for r in results:
+        log.info("queued incident %s: %s", r.incident_id, r.reason, extra={"vm_id": r.vm_id})
+    return results
 
 
 def dry_run_alert(body: bytes, *, max_bytes: int) -> dict[str, Any]:

@@ -31,6 +31,8 @@ RETRY_ATTEMPTS = 8
 REISSUE_ATTEMPTS = 4
 
 APPROVAL_EVENT = "approval"
+# The custom-status steps of a repair that has recorded its outcome and holds no slot any more.
+FINAL_STEPS = frozenset({"resolved", "rolled_back", "failed"})
 
 
 class StepFailed(Exception):
@@ -250,6 +252,7 @@ def repair(context: Any) -> Generator[Any, Any, dict[str, Any]]:
         yield plan.record("resolved", "healed: " + _describe(report), state="resolved",
                           reason="healed: " + _describe(report), result=outcome)
         plan.status("resolved", "healed")
+        yield from _hand_on_slot(plan)
         return outcome
 
     except Exception as exc:  # noqa: BLE001 - every failure ends in compensation, then a clear record
@@ -280,7 +283,18 @@ def repair(context: Any) -> Generator[Any, Any, dict[str, Any]]:
         yield plan.record(state, f"step '{failed_step}' failed: {reason}", state=state, reason=reason,
                           result=outcome)
         plan.status(state, reason)
+        yield from _hand_on_slot(plan)
         return outcome
+
+
+def _hand_on_slot(plan: _Plan) -> Generator[Any, Any, None]:
+    """This repair's slot under the concurrency cap is free: start the oldest queued repairs now.
+
+    Called once, after the outcome is recorded and without retries; if it fails, the next sweep
+    starts them, and this repair's outcome stands.
+    """
+    with contextlib.suppress(Exception):  # the sweep is the fallback; nothing to undo
+        yield plan.ctx.call_activity(steps.START_QUEUED, {"instance_id": plan.ctx.instance_id})
 
 
 def _describe(report: dict[str, Any]) -> str:

@@ -27,6 +27,8 @@ VERIFY_BOOT = "verify_boot"
 RESTORE_POWER_STATE = "restore_power_state"
 DELETE_RESCUE_RESOURCES = "delete_rescue_resources"
 RECORD_EVENT = "record_event"
+# Not a repair step: registered with a durable client, it starts repairs the concurrency cap queued.
+START_QUEUED = "start_queued_repairs"
 
 ALL_ACTIVITIES = (
     VALIDATE_TARGET, COPY_OS_DISK, CREATE_RESCUE_VM, DEALLOCATE_VM, CHECK_READY, ATTACH_REPAIR_DISK,

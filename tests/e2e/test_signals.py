@@ -4,6 +4,7 @@ against the local Azure (real SDK clients over HTTPS) and Azurite."""
 from __future__ import annotations
 
 import copy
+import itertools
 import json
 import threading
 from collections.abc import Callable
@@ -14,7 +15,7 @@ import pytest
 from localazure import scenario as scenario_mod
 from localazure.demo import log_alert
 from localazure.world import LocalWorld
-from remediation import entrypoints
+from remediation import entrypoints, steps
 
 pytestmark = [pytest.mark.azurite, pytest.mark.localazure, pytest.mark.disk]
 
@@ -125,6 +126,37 @@ def test_sweep_finds_every_broken_vm_and_refuses_the_encrypted_one(make_world: C
     assert summary["original_disks_deleted"] == 0
     states = {i.vm.name: i.state.value for i in entrypoints.store().list()}
     assert states == {"web-03": "resolved", "db-02": "resolved", "cache-01": "resolved", "vault-01": "failed"}
+
+
+def test_queued_repairs_start_as_each_one_ends_without_another_sweep(
+        make_world: Callable[..., LocalWorld]) -> None:
+    world = make_world(settings={"REMEDIATION_MAX_CONCURRENT_REPAIRS": "1"})
+    world.sweep()  # the only signal: every queued repair must be started by the one before it
+    world.wait_for_repairs(timeout=400)
+    summary = world.summary()
+    states = {i.vm.name: (i.state.value, i.reason) for i in entrypoints.store().list()}
+    assert summary["healed"] == summary["repairable"] == 3, (summary, states)
+    assert summary["orphaned_resources"] == 0
+    incidents = entrypoints.store().list()
+    assert len(incidents) == 4  # three repairable VMs and the encrypted one, refused by its repair
+    queued = [i.vm.name for i in incidents if any(e.kind == "queued" for e in entrypoints.store().timeline(i.id))]
+    assert len(queued) == 3, "all but the first were held back by the cap"
+    # Each repair's span of ARM writes (on the VM and on what it created), from the local Azure's log.
+    assert world.azure is not None
+    spans = []
+    for incident in incidents:
+        names = steps.resource_names(incident.id, incident.vm.id)
+        mine = {names[k].lower() for k in ("copy_disk", "rescue_vm", "rescue_nic", "rescue_os_disk")}
+        times = [r.at for r in world.azure.requests
+                 if r.write and r.operation != "virtualMachines.retrieveBootDiagnosticsData"
+                 and (r.resource_id.lower() == incident.vm.id.lower()
+                      or mine & set(r.resource_id.lower().split("/")))]
+        if times:
+            spans.append((min(times), max(times), incident.vm.name))
+    assert len(spans) == 3, spans  # the encrypted VM is refused before anything is written
+    spans.sort()
+    for (_, end, name), (start, _, following) in itertools.pairwise(spans):
+        assert start >= end, f"{following} began writing before {name} was done: the cap of 1 was broken"
 
 
 def test_dry_run_records_and_never_writes(make_world: Callable[..., LocalWorld]) -> None:

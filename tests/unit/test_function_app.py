@@ -42,3 +42,4 @@ def test_every_trigger_and_activity_is_registered() -> None:
     for name in steps.ALL_ACTIVITIES:
         assert functions[name] == ["activityTrigger"], name
     assert "incidents_api" in functions and "approve_repair" in functions
+    assert sorted(functions[steps.START_QUEUED]) == ["activityTrigger", "durableClient"]
