@@ -11,7 +11,8 @@ Both paths end in the same per-VM decision, in this order, each step cheaper tha
    opens an incident, anything else is an observation;
 5. the store opens the incident (at most one open per VM, whatever races);
 6. blast radius brake: more incidents opened within the window than allowed -> SUPPRESSED, loudly;
-7. dry run -> SUPPRESSED with reason "dry run" (recorded and reported, never repaired);
+7. dry run -> SUPPRESSED with reason "dry run" (recorded once per VM per REMEDIATION_RETRY_AFTER_FAILURE_HOURS
+   and reported, never repaired);
 8. concurrency cap: too many repairs running -> left DETECTED (queued; started as soon as a running
    repair ends, or by the next sweep);
 9. the repair orchestration is started with an instance id derived from the incident id, so a
@@ -69,6 +70,8 @@ ALREADY_OPEN = "already_open"
 DRY_RUN = "dry_run"
 SUPPRESSED = "suppressed"
 QUEUED = "queued"
+# The reason of an incident a dry run recorded starts with this.
+DRY_RUN_REASON = "dry run"
 OBSERVED = "observed"
 IGNORED = "ignored"
 OUT_OF_SCOPE = "out_of_scope"
@@ -192,6 +195,7 @@ class _Run:
         self.start_lock = asyncio.Lock()
         self.open_lock = asyncio.Lock()
         self._failures: dict[str, Incident] | None = None
+        self._dry_runs: dict[str, Incident] | None = None
         self.started_here = 0
         self.brake: dict[str, Any] | None = None
 
@@ -250,6 +254,18 @@ class _Run:
                 hint = " (set REMEDIATION_REPAIR_POLICY_MISSING=true to repair this too)"
             return VmOutcome(vm.id, OBSERVED, finding.verdict.value, reason=(finding.reason or "not repaired") + hint)
 
+        if s.dry_run:
+            earlier = await self.recent_dry_run(vm)
+            if earlier is not None:
+                # One record per VM per window, however often the alert fires or the sweep passes.
+                if self.source != "sweep":
+                    await self.call(self.store.append_event, earlier.id, self.event(
+                        EVENT_DUPLICATE, f"another signal from {self.source}; dry run, already recorded",
+                        source=self.source))
+                return VmOutcome(vm.id, DRY_RUN, finding.verdict.value, earlier.id,
+                                 f"dry run: already recorded in incident {earlier.id} at {earlier.opened_at}; "
+                                 "not repaired")
+
         failed = await self.recent_failure(vm)
         if failed is not None:
             # Repairing again what just failed would only cycle the VM through the same rollback.
@@ -280,7 +296,7 @@ class _Run:
         if s.dry_run:
             # A dry run says what a live run would do, including whether the brake would hold the repair.
             note = f"; live, the brake would hold it ({reason})" if brake is not None else ""
-            await self.suppress(incident, "dry run" + note)
+            await self.suppress(incident, DRY_RUN_REASON + note)
             return VmOutcome(vm.id, DRY_RUN, finding.verdict.value, incident.id,
                              "dry run: recorded, not repaired" + note)
         return await self.start(incident, finding)
@@ -301,6 +317,22 @@ class _Run:
                             found[inc.vm.key] = inc
                 self._failures = found
         return self._failures.get(vm.key)
+
+    async def recent_dry_run(self, vm: VmRef) -> Incident | None:
+        """The VM's newest dry-run record within REMEDIATION_RETRY_AFTER_FAILURE_HOURS, if any."""
+        hours = self.settings.retry_after_failure_hours
+        if hours <= 0:
+            return None
+        async with self.open_lock:
+            if self._dry_runs is None:
+                since = iso(self.now - timedelta(hours=hours))
+                found: dict[str, Incident] = {}
+                for inc in await self.call(self.store.list, IncidentState.SUPPRESSED, 1000):
+                    if inc.reason.startswith(DRY_RUN_REASON) and inc.opened_at >= since and (
+                            inc.vm.key not in found or inc.opened_at > found[inc.vm.key].opened_at):
+                        found[inc.vm.key] = inc
+                self._dry_runs = found
+        return self._dry_runs.get(vm.key)
 
     async def suppress(self, incident: Incident, reason: str) -> None:
         try:

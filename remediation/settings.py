@@ -16,7 +16,7 @@ Every setting is an app setting of the Function App (or a `Values` entry of loca
 | REMEDIATION_BLAST_RADIUS_MAX_PERCENT | 10 | ... or this % of the VMs in scope (when known; at least 1 VM). |
 | REMEDIATION_BLAST_RADIUS_WINDOW_MINUTES | 60 | The blast radius window. |
 | REMEDIATION_MAX_CONCURRENT_REPAIRS | 3 | Repairs running at once; more are queued and start as running ones end. |
-| REMEDIATION_RETRY_AFTER_FAILURE_HOURS | 24 | After a failed repair, wait this long before another (0: none). |
+| REMEDIATION_RETRY_AFTER_FAILURE_HOURS | 24 | Wait after a failed repair (0: none); dry run: one record per VM. |
 | REMEDIATION_SWEEP_CONCURRENCY | 8 | Serial logs read at once. |
 | REMEDIATION_HEARTBEAT_WORKSPACE_IDS | (none) | Log Analytics workspace GUIDs, comma-separated. |
 | REMEDIATION_HEARTBEAT_STALE_MINUTES | 15 | A heartbeat older than this makes a VM a candidate. |

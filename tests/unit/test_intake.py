@@ -221,6 +221,40 @@ def test_dry_run_records_and_never_repairs() -> None:
     assert w.starter.started == {}
 
 
+def test_a_dry_run_records_a_vm_once_per_window_however_often_it_is_signalled() -> None:
+    # Every alert and every sweep used to record one more suppressed incident for the same VM, and
+    # those records counted towards the blast-radius brake.
+    w = World(REMEDIATION_DRY_RUN="true", REMEDIATION_BLAST_RADIUS_MAX_VMS="2")
+    vm = w.frozen("a")
+    first = only(w.alert(vm))
+    for minutes in (5, 10, 15):
+        again = only(w.alert(vm, now=NOW + timedelta(minutes=minutes)))
+        assert again.action == intake.DRY_RUN and again.incident_id == first.incident_id
+        assert "already recorded" in again.reason and "brake" not in again.reason
+        assert w.sweep(now=NOW + timedelta(minutes=minutes, seconds=30)).suppressed == 1
+    assert [i.id for i in w.store.list()] == [first.incident_id]
+    kinds = [e.kind for e in w.store.timeline(first.incident_id or "")]
+    assert kinds.count("duplicate_signal") == 3, kinds  # alerts are noted, sweeps are not
+    # After the window the VM is recorded afresh.
+    later = only(w.alert(vm, now=NOW + timedelta(hours=25)))
+    assert later.action == intake.DRY_RUN and later.incident_id != first.incident_id
+
+
+def test_without_a_window_a_dry_run_records_every_signal() -> None:
+    w = World(REMEDIATION_DRY_RUN="true", REMEDIATION_RETRY_AFTER_FAILURE_HOURS="0")
+    vm = w.frozen("a")
+    ids = {only(w.alert(vm, now=NOW + timedelta(minutes=m))).incident_id for m in (0, 5)}
+    assert len(ids) == 2
+
+
+def test_a_dry_run_record_does_not_hold_back_a_live_repair() -> None:
+    w = World(REMEDIATION_DRY_RUN="true")
+    vm = w.frozen("a")
+    only(w.alert(vm))
+    w.settings = make_settings()
+    assert only(w.alert(vm, now=NOW + timedelta(minutes=5))).action == intake.REPAIR_STARTED
+
+
 def test_dry_run_says_when_the_brake_would_hold_a_repair() -> None:
     # A dry run reported brake-held VMs as "suppressed" like a live run, hiding that nothing was live.
     w = World(REMEDIATION_DRY_RUN="true", REMEDIATION_BLAST_RADIUS_MAX_VMS="1")
