@@ -16,7 +16,8 @@ product's poll interval. Its time is measured the same way and computed from the
 The operator's time between the three commands is not counted (it would only add to the baseline).
 
 (b) Throughput: 20 frozen VMs with real images, REMEDIATION_MAX_CONCURRENT_REPAIRS=5, the brake relaxed,
-a sweep every 5 modelled minutes (the schedule's cadence; queued incidents start at the next sweep).
+a sweep every 5 modelled minutes (the schedule's cadence); a queued incident starts as soon as a running
+repair ends.
 Measured: modelled total time (wall / time_scale), repairs resolved per modelled hour, peak concurrent
 repair orchestrations (from the durable instances' created / last-updated times). This machine's CPU
 time (real repair scripts on loop devices, the durable host, Azurite) is not scaled, so at a small
@@ -418,7 +419,7 @@ def run() -> list[dict[str, Any]]:
             baseline_value=round(MANY_CAP * 3600.0 / p_fig, 1),
             notes=f"{MANY_BROKEN} frozen VMs with real images (+5 healthy), REMEDIATION_MAX_CONCURRENT_REPAIRS="
                   f"{MANY_CAP}, a sweep every {SWEEP_EVERY_S / 60:.0f} modelled min ({many['sweeps']} sweeps; a "
-                  f"queued incident starts at the next sweep), time_scale {SCALE_MANY}; incident states "
+                  f"queued incident starts when a running repair ends), time_scale {SCALE_MANY}; incident states "
                   f"{many['states']}; healed {many['healed']} of {many['repairable']}; healthy VMs touched "
                   f"{many['healthy_touched']}, orphaned resources {many['orphans']}"),
         row("repairs under the cap: total time", round(many["total_s"], 0), "modelled s",
