@@ -194,8 +194,7 @@ class _Run:
         self.reads = asyncio.Semaphore(settings.sweep_concurrency)
         self.start_lock = asyncio.Lock()
         self.open_lock = asyncio.Lock()
-        self._failures: dict[str, Incident] | None = None
-        self._dry_runs: dict[str, Incident] | None = None
+        self._newest: dict[str, dict[str, Incident]] = {}
         self.started_here = 0
         self.brake: dict[str, Any] | None = None
 
@@ -303,36 +302,37 @@ class _Run:
 
     async def recent_failure(self, vm: VmRef) -> Incident | None:
         """The VM's newest repair that failed or was rolled back within the retry window, if any."""
-        hours = self.settings.retry_after_failure_hours
-        if hours <= 0:
-            return None
-        async with self.open_lock:
-            if self._failures is None:
-                since = self.now - timedelta(hours=hours)
-                found: dict[str, Incident] = {}
-                for state in (IncidentState.FAILED, IncidentState.ROLLED_BACK):
-                    for inc in await self.call(self.store.list, state, 1000):
-                        if parse_iso(inc.updated_at) >= since and (
-                                inc.vm.key not in found or inc.updated_at > found[inc.vm.key].updated_at):
-                            found[inc.vm.key] = inc
-                self._failures = found
-        return self._failures.get(vm.key)
+        newest = await self._newest_per_vm("failures", (IncidentState.FAILED, IncidentState.ROLLED_BACK),
+                                           lambda inc: True, lambda inc: inc.updated_at)
+        return newest.get(vm.key)
 
     async def recent_dry_run(self, vm: VmRef) -> Incident | None:
         """The VM's newest dry-run record within REMEDIATION_RETRY_AFTER_FAILURE_HOURS, if any."""
+        newest = await self._newest_per_vm("dry_runs", (IncidentState.SUPPRESSED,),
+                                           lambda inc: inc.reason.startswith(DRY_RUN_REASON),
+                                           lambda inc: inc.opened_at)
+        return newest.get(vm.key)
+
+    async def _newest_per_vm(self, kind: str, states: tuple[IncidentState, ...], accept: Callable[[Incident], bool],
+                             stamp: Callable[[Incident], str]) -> dict[str, Incident]:
+        """Per VM, the newest accepted incident in these states stamped within the retry window.
+
+        Read once per delivery or sweep (the first VM to ask waits for the read, the others reuse it).
+        """
         hours = self.settings.retry_after_failure_hours
         if hours <= 0:
-            return None
+            return {}
         async with self.open_lock:
-            if self._dry_runs is None:
-                since = iso(self.now - timedelta(hours=hours))
+            if kind not in self._newest:
+                since = self.now - timedelta(hours=hours)
                 found: dict[str, Incident] = {}
-                for inc in await self.call(self.store.list, IncidentState.SUPPRESSED, 1000):
-                    if inc.reason.startswith(DRY_RUN_REASON) and inc.opened_at >= since and (
-                            inc.vm.key not in found or inc.opened_at > found[inc.vm.key].opened_at):
-                        found[inc.vm.key] = inc
-                self._dry_runs = found
-        return self._dry_runs.get(vm.key)
+                for state in states:
+                    for inc in await self.call(self.store.list, state, 1000):
+                        if accept(inc) and parse_iso(stamp(inc)) >= since and (
+                                inc.vm.key not in found or stamp(inc) > stamp(found[inc.vm.key])):
+                            found[inc.vm.key] = inc
+                self._newest[kind] = found
+            return self._newest[kind]
 
     async def suppress(self, incident: Incident, reason: str) -> None:
         try:
