@@ -12,11 +12,9 @@ resulting state through durable timers instead of blocking an activity.
 from __future__ import annotations
 
 import contextlib
-import logging
 import threading
-import time
-from collections.abc import Callable, Collection, Iterable, Iterator
-from typing import Any, TypeVar
+from collections.abc import Collection, Iterable, Iterator
+from typing import Any
 
 from azure.core.credentials import TokenCredential
 from azure.core.exceptions import (
@@ -27,6 +25,7 @@ from azure.core.exceptions import (
     ServiceResponseError,
 )
 
+from remediation.azure.retrying import with_retries
 from remediation.model import (
     ConflictError,
     DiskInfo,
@@ -42,9 +41,6 @@ from remediation.model import (
 
 RESCUE_ADMIN = "rescueadmin"
 READ_ATTEMPTS = 3
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 @contextlib.contextmanager
@@ -425,23 +421,6 @@ class AzureCloud:
         return BlobClient.from_blob_url(url, connection_verify=self._verify, retry_total=2,
                                         initial_backoff=self._read_backoff, increment_base=2)
 
-    def _read_retrying(self, what: str, read: Callable[[], T]) -> T:
-        """Run a read-only call again on transient errors, a few times with a growing pause.
-
-        The SDKs retry throttling and server errors themselves, but not a connection dropped while a
-        POST (retrieveBootDiagnosticsData) was answered; this read is side-effect free, so retrying
-        it is safe, and a VM missed now would otherwise wait for the next sweep.
-        """
-        for attempt in range(READ_ATTEMPTS):
-            try:
-                return read()
-            except TransientError:
-                if attempt == READ_ATTEMPTS - 1:
-                    raise
-                log.info("%s: transient error, reading again (attempt %d of %d)", what, attempt + 2, READ_ATTEMPTS)
-                time.sleep(self._read_backoff * (2 ** attempt))
-        raise AssertionError("unreachable")
-
     def serial_log_size(self, vm: VmRef) -> int:
         def read() -> int:
             blob = self._serial_blob(vm)
@@ -451,7 +430,10 @@ class AzureCloud:
             except NotFoundError:
                 return 0  # no boot has written to it yet
 
-        return self._read_retrying(f"serial log of {vm}", read)
+        # The SDKs retry throttling and server errors themselves, but not a connection dropped while a
+        # POST (retrieveBootDiagnosticsData) was answered. The read has no side effect, and a VM missed
+        # now would wait for the next sweep.
+        return with_retries(read, what=f"serial log of {vm}", attempts=READ_ATTEMPTS, backoff=self._read_backoff)
 
     def read_serial_from(self, vm: VmRef, offset: int, max_bytes: int) -> bytes:
         def read() -> bytes:
@@ -466,7 +448,7 @@ class AzureCloud:
             except NotFoundError:
                 return b""
 
-        return self._read_retrying(f"serial log of {vm}", read)
+        return with_retries(read, what=f"serial log of {vm}", attempts=READ_ATTEMPTS, backoff=self._read_backoff)
 
     def read_serial_tail(self, vm: VmRef, max_bytes: int) -> bytes:
         return self.read_serial_from(vm, 0, max_bytes)

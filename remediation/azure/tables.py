@@ -22,10 +22,10 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Collection, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any
 
 from azure.core import MatchConditions
 from azure.core.exceptions import (
@@ -36,6 +36,7 @@ from azure.core.exceptions import (
 )
 from azure.data.tables import TableClient, TableEntity, TableServiceClient, TableTransactionError, UpdateMode
 
+from remediation.azure.retrying import with_retries
 from remediation.incidents import (
     EVENT_DUPLICATE,
     EVENT_OPENED,
@@ -67,8 +68,6 @@ INCIDENT_PARTITION = "incident"
 TIMELINE_PREFIX = "timeline-"
 _RANGE = "PartitionKey eq 'incident' and RowKey ge 'inc-' and RowKey lt 'inc.'"
 _RETRIES = 8
-
-T = TypeVar("T")
 
 
 def lock_key(vm: VmRef) -> str:
@@ -426,17 +425,6 @@ def _stamp(at: str) -> str:
         return iso(datetime.now(UTC))
 
 
-def _with_retries(fn: Callable[[], T], attempts: int = 3) -> T:
-    for attempt in range(attempts):
-        try:
-            return fn()
-        except TransientError:
-            if attempt == attempts - 1:
-                raise
-            time.sleep(0.5 * (attempt + 1))
-    raise AssertionError("unreachable")
-
-
 def from_settings(settings: Settings) -> TableIncidentStore:
     """The store named by the settings: a connection string, or a table URL with the managed identity.
 
@@ -464,6 +452,6 @@ def from_settings(settings: Settings) -> TableIncidentStore:
         with _mapped(f"table {settings.incident_table}"):
             service.create_table_if_not_exists(settings.incident_table)
 
-    _with_retries(create)
+    with_retries(create, what="creating the incident table")
     return TableIncidentStore(service.get_table_client(settings.incident_table))
 
