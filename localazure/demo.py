@@ -159,9 +159,10 @@ def _print_summary(world: LocalWorld, summary: dict[str, Any]) -> None:
     for inc in sorted(entrypoints.store().list(limit=1000), key=lambda i: i.vm.name):
         print(f"  {inc.vm.name:<10} {inc.state.value:<12} {inc.reason or ''}")
     print("\nSummary:")
-    for key in ("vms", "broken", "repairable", "healed", "failed", "healthy_touched", "orphaned_resources",
-                "original_disks_deleted", "incidents", "seconds"):
+    for key in ("vms", "broken", "repairable", "healed", "failed", "refused", "healthy_touched",
+                "orphaned_resources", "original_disks_deleted", "incidents", "seconds"):
         print(f"  {key:<24} {summary[key]}")
+    print("  (failed: repairable VMs not healed; refused: broken VMs the product must not repair, left as they were)")
     verdict = "every repairable VM healed; nothing else touched" if summary["ok"] else "NOT OK: see above"
     print(f"\n{verdict}", flush=True)
 

@@ -230,6 +230,9 @@ class LocalWorld:
             "healed": len(healed),
             "failed": len(failed),
             "failed_vms": failed,
+            # Broken in a way the product must not repair (e.g. encrypted disks): left exactly as they were.
+            "refused": sum(1 for e in self.expectations.values() if e.breakage != "healthy" and not e.repairable
+                           and vms.get(e.id.lower()) is not None and e.id not in touched),
             "healthy_touched": len(touched),
             "touched_vms": touched,
             "orphaned_resources": len(orphans),

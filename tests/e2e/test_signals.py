@@ -124,6 +124,7 @@ def test_sweep_finds_every_broken_vm_and_refuses_the_encrypted_one(make_world: C
     assert summary["healed"] == summary["repairable"] == 3, summary
     assert summary["healthy_touched"] == 0 and summary["orphaned_resources"] == 0
     assert summary["original_disks_deleted"] == 0
+    assert (summary["broken"], summary["failed"], summary["refused"]) == (4, 0, 1)  # the encrypted VM
     states = {i.vm.name: i.state.value for i in entrypoints.store().list()}
     assert states == {"web-03": "resolved", "db-02": "resolved", "cache-01": "resolved", "vault-01": "failed"}
 
