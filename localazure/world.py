@@ -222,6 +222,7 @@ class LocalWorld:
         orphans += [n.id for n in nics if steps.TAG_INCIDENT in n.tags]
         deleted = sorted(self.preexisting_disks - set(disks))
         incidents = [i.to_dict() for i in entrypoints.store().list(limit=1000)]
+        failed_incident_vms = {str(i["vm_id"]).lower() for i in incidents if i["state"] == "failed"}
         repairable = [e for e in self.expectations.values() if e.repairable]
         return {
             "vms": len(self.expectations),
@@ -230,9 +231,10 @@ class LocalWorld:
             "healed": len(healed),
             "failed": len(failed),
             "failed_vms": failed,
-            # Broken in a way the product must not repair (e.g. encrypted disks): left exactly as they were.
+            # Broken in a way the product must not repair (e.g. encrypted disks), looked at, recorded as
+            # failed with the reason, and left exactly as they were.
             "refused": sum(1 for e in self.expectations.values() if e.breakage != "healthy" and not e.repairable
-                           and vms.get(e.id.lower()) is not None and e.id not in touched),
+                           and e.id not in touched and e.id.lower() in failed_incident_vms),
             "healthy_touched": len(touched),
             "touched_vms": touched,
             "orphaned_resources": len(orphans),

@@ -413,18 +413,19 @@ class _Run:
         log.info("%s", reason, extra=extra)
         return VmOutcome(incident.vm.id, REPAIR_STARTED, verdict, incident.id, reason)
 
-    async def start_queued(self) -> list[VmOutcome]:
+    async def start_queued(self, *, orphans: bool = True) -> list[VmOutcome]:
         """Start incidents left DETECTED by the cap, oldest first, while under the cap.
 
-        An incident whose opener stopped before deciding (a crashed host) is picked up too once it is
-        older than ORPHAN_AFTER; it goes through the brake first, as it would have. Younger undecided
-        incidents belong to a delivery still running: they are left alone.
+        With `orphans`, an incident whose opener stopped before deciding (a crashed host) is picked up
+        too once it is older than ORPHAN_AFTER; it goes through the brake first, as it would have. Younger
+        undecided incidents belong to a delivery still running: they are left alone.
         """
         if self.settings.dry_run:
             return []  # a dry run changes nothing it did not open itself
         detected = await self.call(self.store.list, IncidentState.DETECTED, _QUEUE_SCAN_LIMIT)
         orphan_before = iso(self.now - ORPHAN_AFTER)
-        waiting = [i for i in detected if i.is_queued or (i.awaiting_start and i.opened_at < orphan_before)]
+        waiting = [i for i in detected
+                   if i.is_queued or (orphans and i.awaiting_start and i.opened_at < orphan_before)]
         waiting.sort(key=lambda i: i.opened_at)
         results: list[VmOutcome] = []
         for incident in waiting:
@@ -435,8 +436,9 @@ class _Run:
                 results.append(VmOutcome(incident.vm.id, IGNORED, None, incident.id, "the VM no longer exists"))
                 continue
             except RemediationError as exc:
+                # Stop here rather than start a younger incident ahead of this one; the next run retries.
                 results.append(VmOutcome(incident.vm.id, OBSERVED, None, incident.id, f"not started: {exc}"))
-                continue
+                break
             why = self.settings.scope_reason(incident.vm) or self.settings.tag_reason(info.tags)
             if why:
                 await self.suppress(incident, why)
@@ -568,9 +570,12 @@ async def start_queued(
     starter: RepairStarter,
     now: datetime,
 ) -> list[VmOutcome]:
-    """Start queued repairs now that a slot is free (called as a repair ends), oldest first."""
+    """Start queued repairs now that a slot is free (called as a repair ends), oldest first.
+
+    Orphaned incidents are left to the sweep, which knows the size of the scope the brake needs.
+    """
     run = _Run(settings=settings, vms=vms, store=store, starter=starter, now=now, source="queue")
-    results = await run.start_queued()
+    results = await run.start_queued(orphans=False)
     for r in results:
         log.info("queued incident %s: %s", r.incident_id, r.reason, extra={"vm_id": r.vm_id})
     return results

@@ -416,10 +416,11 @@ class AzureCloud:
         if not url:
             raise PermanentError(f"boot diagnostics are off for {vm}: enable them to let the product read the "
                                  "serial console")
-        # The storage SDK's default back-off starts at 15 s; a serial log is small and a sweep has
-        # many to read, so retry sooner and let the whole read be retried below.
-        return BlobClient.from_blob_url(url, connection_verify=self._verify, retry_total=2,
-                                        initial_backoff=self._read_backoff, increment_base=2)
+        # The storage SDK's default back-off starts at 15 s (jitter 3 s); a serial log is small and a
+        # sweep has many to read: one quick retry here, and the whole read is retried by with_retries.
+        return BlobClient.from_blob_url(url, connection_verify=self._verify, retry_total=1,
+                                        initial_backoff=self._read_backoff, increment_base=2,
+                                        random_jitter_range=self._read_backoff / 2)
 
     def serial_log_size(self, vm: VmRef) -> int:
         def read() -> int:

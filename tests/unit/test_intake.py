@@ -14,7 +14,15 @@ import pytest
 
 from remediation import intake
 from remediation.incidents import EVENT_DUPLICATE, EVENT_OPENED, EVENT_REPAIR_STARTED
-from remediation.model import IncidentState, InvalidInput, PowerState, TimelineEvent, VmRef, instance_id_for
+from remediation.model import (
+    IncidentState,
+    InvalidInput,
+    PowerState,
+    TimelineEvent,
+    TransientError,
+    VmRef,
+    instance_id_for,
+)
 from remediation.settings import Settings
 from tests.fakes import (
     BOOTED_LOG,
@@ -311,6 +319,54 @@ def test_concurrency_cap_queues_and_the_next_sweep_starts_it() -> None:
     assert swept.started == 1
     assert w.store.get(incident.id).instance_id == instance_id_for(incident.id)
     assert list(w.starter.started) == [instance_id_for(incident.id)]
+
+
+def hand_on(w: World, now: datetime = NOW) -> list[intake.VmOutcome]:
+    """What a repair does as it ends: start what the cap held back."""
+    return asyncio.run(intake.start_queued(settings=w.settings, vms=w.vms, store=w.store, starter=w.starter,
+                                           now=now))
+
+
+def test_an_ending_repair_starts_the_oldest_queued_incidents_up_to_the_cap() -> None:
+    w = World(REMEDIATION_MAX_CONCURRENT_REPAIRS="2", REMEDIATION_BLAST_RADIUS_MAX_VMS="10")
+    w.starter.extra_running = 2
+    ids = [only(w.alert(w.frozen(f"vm{i}"), now=NOW + timedelta(seconds=i))).incident_id for i in range(3)]
+    assert all(w.store.get(i or "").is_queued for i in ids)
+    w.starter.extra_running = 1  # one repair ended
+    out = hand_on(w, NOW + timedelta(minutes=1))
+    assert [r.action for r in out] == [intake.REPAIR_STARTED, intake.QUEUED]
+    assert list(w.starter.started) == [instance_id_for(ids[0] or "")]
+
+
+def test_an_ending_repair_leaves_orphaned_incidents_to_the_sweep() -> None:
+    # The sweep checks an orphan against the brake with the scope's size, which an ending repair lacks.
+    w = World()
+    from remediation.detect import analyze_bytes
+
+    incident, _ = w.store.open(VmRef.parse(w.frozen("a")), analyze_bytes(FROZEN_LOG), source="alert", now=NOW)
+    assert hand_on(w, NOW + intake.ORPHAN_AFTER + timedelta(minutes=1)) == []
+    assert w.starter.started == {} and w.store.get(incident.id).awaiting_start
+
+
+def test_a_transient_error_stops_the_queue_rather_than_start_a_younger_incident() -> None:
+    w = World(REMEDIATION_MAX_CONCURRENT_REPAIRS="1", REMEDIATION_BLAST_RADIUS_MAX_VMS="10")
+    w.starter.extra_running = 1
+    first = only(w.alert(w.frozen("a"))).incident_id or ""
+    only(w.alert(w.frozen("b"), now=NOW + timedelta(seconds=1)))
+    w.starter.extra_running = 0
+    real_get = w.vms.get_vm
+
+    def flaky(vm: VmRef) -> Any:
+        if vm.name == "a":
+            raise TransientError("read VM a: HTTP 503")
+        return real_get(vm)
+
+    w.vms.get_vm = flaky  # type: ignore[method-assign]
+    out = hand_on(w, NOW + timedelta(minutes=1))
+    assert [r.action for r in out] == [intake.OBSERVED] and w.starter.started == {}
+    w.vms.get_vm = real_get  # type: ignore[method-assign]
+    assert [r.action for r in hand_on(w, NOW + timedelta(minutes=2))] == [intake.REPAIR_STARTED, intake.QUEUED]
+    assert list(w.starter.started) == [instance_id_for(first)]
 
 
 def test_cap_counts_repairs_started_within_one_delivery() -> None:
