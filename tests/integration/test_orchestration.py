@@ -38,9 +38,13 @@ class World:
 
     def finish(self, instance_id: str) -> dict[str, Any]:
         self.host.run_until_idle(timeout=60)
-        status = self.host.status(instance_id)
+        status = self.host.status(instance_id, show_history=True)
         assert status is not None
         assert status["runtimeStatus"] == "Completed", status
+        # Whatever the ending, the repair's last act is to hand its slot on to a queued repair.
+        scheduled = [e.get("Name") for e in status["history"] if e["EventType"] == "TaskScheduled"]
+        assert scheduled[-1] == steps.START_QUEUED, scheduled[-3:]
+        self.history = status["history"]
         return dict(status["output"])
 
     def leftovers(self, incident_id: str) -> list[str]:
@@ -98,6 +102,19 @@ def test_heals_and_keeps_the_original_disk(world: World) -> None:
         assert expected in kinds, kinds
     # Replays and retries never write a step twice.
     assert len(kinds) == len(set(kinds)), kinds
+
+
+def test_a_failing_hand_on_leaves_the_outcome_as_recorded(world: World, monkeypatch: pytest.MonkeyPatch) -> None:
+    async def broken(payload: dict[str, Any], client: Any) -> dict[str, Any]:
+        raise RuntimeError("the durable client is unreachable")
+
+    monkeypatch.setattr(entrypoints, "start_queued_repairs", broken)
+    vm = world.cloud.add_broken_vm()
+    out = world.finish(world.start(vm))
+    assert out["state"] == "resolved", out
+    assert _incident(world, vm).state == IncidentState.RESOLVED
+    failed = [e for e in world.history if e["EventType"] == "TaskFailed"]
+    assert len(failed) == 1 and "unreachable" in str(failed[0]), failed
 
 
 def test_script_failure_rolls_back_and_removes_everything_it_made(world: World) -> None:
