@@ -197,8 +197,9 @@ class IncidentStore(Protocol):
         """The VM's open incident, if any."""
         ...
 
-    def list(self, state: IncidentState | None = None, limit: int = 100) -> list[Incident]:
-        """Incidents, newest first, optionally only those in one state."""
+    def list(self, state: IncidentState | None = None, limit: int = 100, *,
+             updated_since: datetime | None = None) -> list[Incident]:
+        """Incidents, newest first, optionally only those in one state or changed since a moment."""
         ...
 
     def transition(

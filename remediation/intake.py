@@ -327,7 +327,7 @@ class _Run:
                 since = self.now - timedelta(hours=hours)
                 found: dict[str, Incident] = {}
                 for state in states:
-                    for inc in await self.call(self.store.list, state, 1000):
+                    for inc in await self.call(self.store.list, state, 1000, updated_since=since):
                         if accept(inc) and parse_iso(stamp(inc)) >= since and (
                                 inc.vm.key not in found or stamp(inc) > stamp(found[inc.vm.key])):
                             found[inc.vm.key] = inc

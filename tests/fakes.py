@@ -12,7 +12,7 @@ import itertools
 import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from remediation.incidents import EVENT_DUPLICATE, EVENT_OPENED, Incident, iso, new_incident, parse_iso
@@ -217,9 +217,12 @@ class InMemoryIncidentStore:
             holder = self._open_by_vm.get(vm.key)
             return self._incidents[holder] if holder else None
 
-    def list(self, state: IncidentState | None = None, limit: int = 100) -> list[Incident]:
+    def list(self, state: IncidentState | None = None, limit: int = 100, *,
+             updated_since: datetime | None = None) -> list[Incident]:
+        since = iso(updated_since) if updated_since is not None else ""
         with self._lock:
-            rows = [i for i in self._incidents.values() if state is None or i.state is state]
+            rows = [i for i in self._incidents.values()
+                    if (state is None or i.state is state) and i.updated_at >= since]
         rows.sort(key=lambda i: (i.opened_at, i.id), reverse=True)
         return rows[: max(0, limit)]
 

@@ -199,11 +199,16 @@ class TableIncidentStore:
         with _mapped("incident query"):
             yield from self._table.query_entities(query, parameters=parameters or {}, select=select)
 
-    def list(self, state: IncidentState | None = None, limit: int = 100) -> builtins.list[Incident]:
-        if state is None:
-            rows = builtins.list(self._query())
-        else:
-            rows = builtins.list(self._query("State eq @state", {"state": state.value}))
+    def list(self, state: IncidentState | None = None, limit: int = 100, *,
+             updated_since: datetime | None = None) -> builtins.list[Incident]:
+        clauses, params = [], {}
+        if state is not None:
+            clauses.append("State eq @state")
+            params["state"] = state.value
+        if updated_since is not None:
+            clauses.append("UpdatedAt ge @since")
+            params["since"] = iso(updated_since)
+        rows = builtins.list(self._query(" and ".join(clauses), params))
         incidents = [self._from_entity(row) for row in rows]
         incidents.sort(key=lambda i: (i.opened_at, i.id), reverse=True)
         return incidents[: max(0, limit)]

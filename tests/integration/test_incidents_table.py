@@ -189,6 +189,9 @@ def test_counts_list_and_instance(store: TableIncidentStore) -> None:
     assert [i.id for i in store.list()] == list(reversed(ids))
     assert [i.id for i in store.list(limit=2)] == [ids[4], ids[3]]
     assert [i.id for i in store.list(IncidentState.SUPPRESSED)] == [ids[0]]
+    # The filter runs in the table query: old incidents are never read.
+    assert [i.id for i in store.list(IncidentState.DETECTED, updated_since=NOW + timedelta(minutes=25))] == \
+        [ids[4], ids[3]]
     assert store.get(ids[1]).awaiting_start and not store.get(ids[1]).is_queued
     started = store.set_instance(ids[1], "repair-" + ids[1], event("repair_started"))
     assert started.instance_id == "repair-" + ids[1] and not store.get(ids[1]).awaiting_start
