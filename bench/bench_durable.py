@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -32,7 +31,7 @@ def run() -> list[dict[str, Any]]:
     from localazure.durable import DurableHost, VirtualClock
     from localazure.funchost import FunctionHost
 
-    server = azurite.start(Path(tempfile.mkdtemp(prefix="bench-durable-")))
+    server = azurite.start(prefix="bench-durable-")
     try:
         funchost = FunctionHost(str(APP))
         with DurableHost(funchost, server.connection_string, hub=f"B{uuid.uuid4().hex[:10]}",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import signal
 import sys
 import tempfile
@@ -66,7 +67,11 @@ def serve(args: argparse.Namespace) -> int:
                                real_boot=True if args.real_boot else None)
     except (ValueError, OSError, RuntimeError) as exc:
         sys.stderr.write(f"serve: {exc}\n")
+        if args.state_dir is None:
+            shutil.rmtree(state_dir, ignore_errors=True)
         return 2
+    if args.state_dir is None:
+        server.owned_dir = state_dir  # a throwaway directory: removed when the server stops
     server.start()
     info: dict[str, Any] = {"endpoint": server.endpoint, "ca": str(server.ca_path),
                             "subscriptions": sorted(server.state.subscriptions),
@@ -100,9 +105,9 @@ def serve(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        server.stop()
         for extra in extras:
             extra.stop()
+        server.stop()
     time.sleep(0)
     return 0
 

@@ -25,6 +25,7 @@ class Azurite:
     queue_port: int
     process: subprocess.Popen[bytes]
     location: Path
+    owned: bool = False  # a throwaway location made by start(): removed by stop()
 
     @property
     def connection_string(self) -> str:
@@ -44,6 +45,8 @@ class Azurite:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+        if self.owned:
+            shutil.rmtree(self.location, ignore_errors=True)
 
 
 def _free_port() -> int:
@@ -65,10 +68,13 @@ def find_binary() -> str:
     return candidate
 
 
-def start(location: Path | None = None, timeout: float = 20.0) -> Azurite:
-    """Start Azurite on free loopback ports; return once every service accepts connections."""
+def start(location: Path | None = None, timeout: float = 20.0, *, prefix: str = "azurite-") -> Azurite:
+    """Start Azurite on free loopback ports; return once every service accepts connections.
+
+    Without a location, its data lives in a fresh temporary directory that stop() removes.
+    """
     binary = find_binary()
-    loc = location or Path(tempfile.mkdtemp(prefix="azurite-"))
+    loc = location or Path(tempfile.mkdtemp(prefix=prefix))
     loc.mkdir(parents=True, exist_ok=True)
     ports = {"blob": _free_port(), "queue": _free_port(), "table": _free_port()}
     cmd = [
@@ -92,4 +98,4 @@ def start(location: Path | None = None, timeout: float = 20.0) -> Azurite:
                 if s.connect_ex(("127.0.0.1", port)) == 0:
                     pending.discard(port)
         time.sleep(0.05)
-    return Azurite(ports["blob"], ports["table"], ports["queue"], proc, loc)
+    return Azurite(ports["blob"], ports["table"], ports["queue"], proc, loc, owned=location is None)

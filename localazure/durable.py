@@ -1135,7 +1135,6 @@ def main(argv: list[str] | None = None) -> int:
     import contextlib
     import os
     import signal
-    import tempfile
     from pathlib import Path
 
     from localazure import azurite
@@ -1163,7 +1162,7 @@ def main(argv: list[str] | None = None) -> int:
         conn = (args.connection_string or settings.get("AzureWebJobsStorage")
                 or os.environ.get("AzureWebJobsStorage"))  # noqa: SIM112 - the Functions setting's own name
         if not conn or conn == "UseDevelopmentStorage=true":
-            emulator = azurite.start(Path(tempfile.mkdtemp(prefix="durable-azurite-")))
+            emulator = azurite.start(prefix="durable-azurite-")
             conn = emulator.connection_string
         funchost = FunctionHost(args.app, settings={**settings, "AzureWebJobsStorage": conn})
         host = DurableHost(funchost, conn, hub=args.hub, clock=RealClock(args.timer_scale))

@@ -16,6 +16,7 @@ import json
 import logging
 import re
 import secrets
+import shutil
 import socket
 import ssl
 import struct
@@ -127,8 +128,12 @@ class LocalAzure:
         port: int = 0,
         cert_dir: Path | None = None,
         page_size: int = 1000,
+        owned_dir: Path | None = None,
     ) -> None:
         self.state = state
+        # A throwaway state directory (disk images, certificates): removed by stop(). Each holds a few
+        # GB of sparse images, so leaving them behind fills a test machine's disk within a few runs.
+        self.owned_dir = owned_dir
         self.faults = faults or FaultPlan.none()
         self.latency: LatencyModel = state.latency
         self.page_size = page_size
@@ -179,6 +184,9 @@ class LocalAzure:
         self._httpd.server_close()
         if self._thread:
             self._thread.join(timeout=5)
+        if self.owned_dir is not None:
+            shutil.rmtree(self.owned_dir, ignore_errors=True)
+            self.owned_dir = None
 
     def records(self) -> list[RequestRecord]:
         with self._rec_lock:

@@ -71,7 +71,7 @@ def build(
     state = State(LatencyModel(time_scale), directory, script_runner=runcommand.execute, boot_runner=boot_runner)
     scenario_mod.populate(state, data, images=images, real_boot=real)
     return LocalAzure(state, FaultPlan.from_spec(faults, seed), port=port, cert_dir=directory,
-                      page_size=page_size)
+                      page_size=page_size, owned_dir=None if state_dir else directory)
 
 
 @dataclass
