@@ -20,6 +20,14 @@ from tests.reliability.invariants import check_invariants, creates_by_name, summ
 
 pytestmark = [pytest.mark.azurite, pytest.mark.localazure, pytest.mark.disk, pytest.mark.slow]
 
+@pytest.fixture
+def world_time_scale() -> float:
+    """Slower than the tier's 0.005: the SDKs' back-off after a 500 or a reset (0.8 s, 1.6 s, ...) is
+    real time while the repair's deadlines are modelled, so at 0.005 a few back-offs in a row ate a
+    30-minute preparation deadline (9 real seconds). At 0.02 it is 36 real seconds."""
+    return 0.02
+
+
 # The SDKs give up on a GET after 3 bad statuses in a row (retry_status=3), so at rates above the
 # default a VM can be missed by several sweeps in a row; production sweeps every 5 minutes.
 def max_sweeps() -> int:
