@@ -370,28 +370,12 @@ def _many() -> dict[str, Any]:
         for inc in entrypoints.store().list(limit=1000):
             states[inc.state.value] = states.get(inc.state.value, 0) + 1
         summary = world.summary()
-        work = _work_spans(world)
+        work = [(start, end) for start, end, _ in world.repair_write_spans()]
     return {"total_s": (finished - started) / SCALE_MANY, "states": states, "sweeps": sweeps,
             "peak": _peak(work), "peak_instances": _peak(spans), "instances": len(instances),
             "healthy_touched": summary["healthy_touched"],
             "orphans": summary["orphaned_resources"], "repairable": summary["repairable"],
             "healed": summary["healed"]}
-
-
-def _work_spans(world: Any) -> list[tuple[float, float]]:
-    """Per incident, first to last ARM write on its VM and on the resources named after it (request log)."""
-    from remediation import entrypoints, steps
-
-    spans = []
-    for inc in entrypoints.store().list(limit=1000):
-        names = steps.resource_names(inc.id, inc.vm.id)
-        mine = {names[k].lower() for k in ("copy_disk", "rescue_vm", "rescue_nic", "rescue_os_disk")}
-        times = [r.at for r in world.azure.requests
-                 if r.write and r.status < 400 and r.operation != "virtualMachines.retrieveBootDiagnosticsData"
-                 and (r.resource_id.lower() == inc.vm.id.lower() or mine & set(r.resource_id.lower().split("/")))]
-        if times:
-            spans.append((min(times), max(times)))
-    return spans
 
 
 def _peak(spans: list[tuple[float, float]]) -> int:

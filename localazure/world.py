@@ -187,6 +187,23 @@ class LocalWorld:
             self.preexisting_disks = {d.id.lower() for d in state.disks.values()}
             self._before = {vm.id.lower(): _vm_fingerprint(vm) for vm in state.vms.values()}
 
+    def repair_write_spans(self) -> list[tuple[float, float, str]]:
+        """Per incident, (first, last, VM name) of the successful ARM writes on its VM and on the resources
+        named after it, from the request log: when each repair was really at work."""
+        from remediation import entrypoints
+
+        assert self.azure is not None
+        spans = []
+        for inc in entrypoints.store().list(limit=1000):
+            names = steps.resource_names(inc.id, inc.vm.id)
+            mine = {names[k].lower() for k in ("copy_disk", "rescue_vm", "rescue_nic", "rescue_os_disk")}
+            times = [r.at for r in self.azure.requests
+                     if r.write and r.status < 400 and r.operation != "virtualMachines.retrieveBootDiagnosticsData"
+                     and (r.resource_id.lower() == inc.vm.id.lower() or mine & set(r.resource_id.lower().split("/")))]
+            if times:
+                spans.append((min(times), max(times), inc.vm.name))
+        return spans
+
     def summary(self) -> dict[str, Any]:
         """The demo's verdict: who healed, who was touched that should not be, what was left behind."""
         from remediation import detect, entrypoints

@@ -120,8 +120,6 @@ class _Lazy:
 class DurableStarter:
     """RepairStarter over the durable client: the instance id comes from the incident, so a repeat is refused."""
 
-    RUNNING = ("Pending", "Running", "ContinuedAsNew")
-
     def __init__(self, client: Any, *, ending: str | None = None) -> None:
         self._client = client
         self._ending = ending  # a repair that is finishing and no longer holds a slot

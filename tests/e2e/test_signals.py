@@ -15,7 +15,7 @@ import pytest
 from localazure import scenario as scenario_mod
 from localazure.demo import log_alert
 from localazure.world import LocalWorld
-from remediation import entrypoints, steps
+from remediation import entrypoints
 
 pytestmark = [pytest.mark.azurite, pytest.mark.localazure, pytest.mark.disk]
 
@@ -143,17 +143,7 @@ def test_queued_repairs_start_as_each_one_ends_without_another_sweep(
     queued = [i.vm.name for i in incidents if any(e.kind == "queued" for e in entrypoints.store().timeline(i.id))]
     assert len(queued) == 3, "all but the first were held back by the cap"
     # Each repair's span of ARM writes (on the VM and on what it created), from the local Azure's log.
-    assert world.azure is not None
-    spans = []
-    for incident in incidents:
-        names = steps.resource_names(incident.id, incident.vm.id)
-        mine = {names[k].lower() for k in ("copy_disk", "rescue_vm", "rescue_nic", "rescue_os_disk")}
-        times = [r.at for r in world.azure.requests
-                 if r.write and r.operation != "virtualMachines.retrieveBootDiagnosticsData"
-                 and (r.resource_id.lower() == incident.vm.id.lower()
-                      or mine & set(r.resource_id.lower().split("/")))]
-        if times:
-            spans.append((min(times), max(times), incident.vm.name))
+    spans = world.repair_write_spans()
     assert len(spans) == 3, spans  # the encrypted VM is refused before anything is written
     spans.sort()
     for (_, end, name), (start, _, following) in itertools.pairwise(spans):
